@@ -1,0 +1,162 @@
+"""A MANO-format hand posed by smplx's linear blend skinning: the one code path for every hand.
+
+Units are metres. `hand_pose` is 15 axis-angle rotations (MANO joint order, no PCA), each in its
+parent's frame; `global_orient` rotates the whole hand about the wrist joint; `transl` moves it.
+The built-in open hand ("open") is in hand_models/data (see convert_anny.py); official MANO files
+load from a path the user gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from smplx.lbs import lbs
+
+from .joints import JOINT_INDEX, MANO_TO_21, NYU14_NAMES
+from .mano_io import read_model_arrays
+
+OPEN_HAND = Path(__file__).parent / "data" / "open_hand_right.npz"
+# Fingertip vertices of the official MANO mesh (smplx's ids), thumb, index, middle, ring, pinky.
+MANO_TIP_IDS = (744, 320, 443, 554, 671)
+_TIP_JOINTS = tuple(JOINT_INDEX[f"{f}_tip"] for f in ("thumb", "index", "middle", "ring", "pinky"))
+# NYU's palm centre sits this far along wrist -> middle MCP (fitted to the NYU test labels).
+PALM_CENTRE_FRACTION = 0.62
+# NYU's wrist points are on the sides of the wrist this far from the wrist joint towards the palm.
+WRIST_BAND_M = (0.0, 0.015)
+
+
+@dataclass
+class HandOutput:
+    vertices: torch.Tensor  # (B, V, 3)
+    joints: torch.Tensor  # (B, 21, 3), hand_models.joints.JOINT_NAMES order
+    nyu14: torch.Tensor  # (B, 14, 3), NYU14_NAMES order
+
+
+def _require(arrays: dict, key: str, path: Path) -> np.ndarray:
+    if key not in arrays:
+        raise ValueError(f"{path}: model lacks '{key}'")
+    value = np.asarray(arrays[key])
+    if not np.issubdtype(value.dtype, np.number) or not np.all(np.isfinite(value)):
+        raise ValueError(f"{path}: '{key}' is not a finite numeric array")
+    return value
+
+
+class HandModel(torch.nn.Module):
+    """A right hand in MANO format: template, shape directions, skinning weights, 16 joints."""
+
+    def __init__(self, arrays: dict, name: str, checksum: str, path: Path) -> None:
+        super().__init__()
+        v = _require(arrays, "v_template", path)
+        if v.ndim != 2 or v.shape[1] != 3:
+            raise ValueError(f"{path}: v_template must be (V, 3), got {v.shape}")
+        n = v.shape[0]
+        faces = _require(arrays, "f", path).astype(np.int64)
+        if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= n:
+            raise ValueError(f"{path}: faces must be (F, 3) indices below {n}")
+        weights = _require(arrays, "weights", path)
+        regressor = _require(arrays, "J_regressor", path)
+        kintree = _require(arrays, "kintree_table", path)
+        shapedirs = _require(arrays, "shapedirs", path)
+        if weights.shape != (n, 16) or regressor.shape != (16, n) or kintree.shape != (2, 16):
+            raise ValueError(f"{path}: expected 16 joints: weights (V, 16), J_regressor (16, V), "
+                             f"kintree_table (2, 16); got {weights.shape}, {regressor.shape}, {kintree.shape}")
+        if shapedirs.ndim != 3 or shapedirs.shape[:2] != (n, 3):
+            raise ValueError(f"{path}: shapedirs must be (V, 3, K), got {shapedirs.shape}")
+        if "posedirs" in arrays:
+            posedirs = _require(arrays, "posedirs", path)
+            if posedirs.size != n * 3 * 135:
+                raise ValueError(f"{path}: posedirs must be (V, 3, 135), got {posedirs.shape}")
+            posedirs = posedirs.reshape(n * 3, 135).T
+        else:  # the open hand has no pose correctives
+            posedirs = np.zeros((135, n * 3))
+        if "tip_vertex_ids" in arrays:
+            tips = np.asarray(arrays["tip_vertex_ids"], dtype=np.int64)
+        elif n == 778:
+            tips = np.array(MANO_TIP_IDS)
+        else:
+            raise ValueError(f"{path}: no 'tip_vertex_ids' and not the 778-vertex MANO mesh")
+        if tips.shape != (5,) or tips.min() < 0 or tips.max() >= n:
+            raise ValueError(f"{path}: tip_vertex_ids must be 5 vertex indices")
+        parents = kintree[0].astype(np.int64)
+        parents[0] = -1
+        if np.any(parents[1:] < 0) or np.any(parents[1:] >= np.arange(1, 16)):
+            raise ValueError(f"{path}: kintree_table parents must precede their children")
+
+        self.name, self.checksum, self.path = name, checksum, path
+        self.faces = faces.astype(np.int32)
+        self.num_betas = shapedirs.shape[2]
+        self.shape_names = [str(s) for s in arrays.get("shape_names", [f"beta{i}" for i in range(self.num_betas)])]
+        f32 = dict(dtype=torch.float32)
+        self.register_buffer("v_template", torch.tensor(v, **f32))
+        self.register_buffer("shapedirs", torch.tensor(shapedirs, **f32))
+        self.register_buffer("posedirs", torch.tensor(posedirs, **f32))
+        self.register_buffer("J_regressor", torch.tensor(regressor, **f32))
+        self.register_buffer("lbs_weights", torch.tensor(weights, **f32))
+        self.register_buffer("parents", torch.tensor(parents))
+        self.register_buffer("tip_ids", torch.tensor(tips))
+        self.register_buffer("wrist_ids", torch.tensor(self._wrist_side_vertices(v, regressor @ v)))
+
+    @classmethod
+    def load(cls, spec: str | Path = "open") -> "HandModel":
+        """"open" for the built-in hand, or a path to an official MANO .pkl/.npz. Raises ValueError."""
+        path = OPEN_HAND if str(spec) == "open" else Path(spec)
+        if not path.is_file():
+            raise ValueError(f"{path}: hand model file not found")
+        arrays = read_model_arrays(path)
+        checksum = hashlib.sha256(path.read_bytes()).hexdigest()
+        name = "open-right-v1" if path == OPEN_HAND else f"mano:{path.name}"
+        return cls(arrays, name, checksum, path)
+
+    @staticmethod
+    def _wrist_side_vertices(v: np.ndarray, j16: np.ndarray) -> np.ndarray:
+        """Ulnar and radial skin points at the wrist (NYU's two wrist labels)."""
+        forward = j16[4] - j16[0]
+        forward /= np.linalg.norm(forward)
+        lateral = j16[1] - j16[7]  # index MCP - pinky MCP: towards the thumb side
+        lateral -= forward * (lateral @ forward)
+        along = (v - j16[0]) @ forward
+        band = np.flatnonzero((along >= WRIST_BAND_M[0]) & (along <= WRIST_BAND_M[1]))
+        if band.size == 0:
+            band = np.argsort(np.abs(along))[:20]
+        side = (v[band] - j16[0]) @ lateral
+        return np.array([band[np.argmin(side)], band[np.argmax(side)]])
+
+    def forward(self, hand_pose: torch.Tensor, betas: torch.Tensor | None = None,
+                global_orient: torch.Tensor | None = None, transl: torch.Tensor | None = None) -> HandOutput:
+        batch = hand_pose.shape[0]
+        dtype, device = self.v_template.dtype, self.v_template.device
+        hand_pose = hand_pose.reshape(batch, 45).to(dtype)
+        if global_orient is None:
+            global_orient = torch.zeros(batch, 3, dtype=dtype, device=device)
+        if betas is None:
+            betas = torch.zeros(batch, self.num_betas, dtype=dtype, device=device)
+        pose = torch.cat([global_orient.reshape(batch, 3).to(dtype), hand_pose], dim=1)
+        verts, j16 = lbs(betas.to(dtype), pose, self.v_template, self.shapedirs, self.posedirs,
+                         self.J_regressor, self.parents, self.lbs_weights)
+        if transl is not None:
+            offset = transl.reshape(batch, 1, 3).to(dtype)
+            verts, j16 = verts + offset, j16 + offset
+        joints = verts.new_empty(batch, 21, 3)
+        joints[:, list(MANO_TO_21)] = j16
+        joints[:, list(_TIP_JOINTS)] = verts[:, self.tip_ids]
+        return HandOutput(verts, joints, self.nyu14(verts, joints))
+
+    def nyu14(self, vertices: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+        """NYU's 14 evaluation joints from the 21 joints and two wrist skin points."""
+        wrist, middle_mcp = joints[:, JOINT_INDEX["wrist"]], joints[:, JOINT_INDEX["middle_mcp"]]
+        extra = {
+            "wrist_ulnar": vertices[:, self.wrist_ids[0]],
+            "wrist_radial": vertices[:, self.wrist_ids[1]],
+            "palm_center": wrist + PALM_CENTRE_FRACTION * (middle_mcp - wrist),
+        }
+        return torch.stack([extra[n] if n in extra else joints[:, JOINT_INDEX[n]] for n in NYU14_NAMES], 1)
+
+    def rest_joints(self, betas: torch.Tensor | None = None) -> torch.Tensor:
+        """(21, 3) joints of the zero pose, for building anatomical frames."""
+        with torch.no_grad():
+            zero = torch.zeros(1, 45, dtype=self.v_template.dtype)
+            return self.forward(zero, None if betas is None else betas.reshape(1, -1)).joints[0]
