@@ -1,0 +1,227 @@
+"""Where the hand is in a depth frame, so an unlabeled real frame can be cropped like a labelled one.
+
+The hand is taken to be the nearest sizeable object to the camera (the usual assumption of depth
+hand pose datasets and of the crop-based methods trained on them):
+
+1. Depth discontinuities split the frame into surface patches; patches smaller than a hand's
+   palm (metric area, so it does not depend on distance or sensor) are speckles or flying pixels
+   and never seed the search.
+2. The patch whose near depth is smallest seeds the hand; every measured pixel within a depth
+   band behind it and connected to it joins (holes, value 0, are simply absent).
+3. If the object is longer than a hand (an arm reaching into the frame), the forearm is dropped:
+   along the object's main 3D axis the hand is the end away from the image border the arm comes
+   in from (or, when that does not decide, the end nearer the camera), and only the last
+   `hand_length_mm` of that end are kept.
+4. The centre is the area-weighted centroid of what remains, pushed `surface_offset_mm` along the
+   viewing ray because the camera sees the front surface while joints lie inside the hand.
+
+Alternatives for frames whose centre is known: `centre_from_labels` and `load_centres`.
+All depths are millimetres; 0 means "no measurement".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
+
+from hand_models.joints import JOINT_INDEX, NYU14_NAMES
+from render.camera import Intrinsics, uvd_to_xyz
+from training.evaluate import load_uvd
+
+
+class LocalizeError(ValueError):
+    """No object that could be a hand was found."""
+
+
+@dataclass(frozen=True)
+class LocalizeConfig:
+    """Thresholds of the detector; defaults suit hands 0.2 to 2 m from Kinect/RealSense sensors."""
+
+    band_mm: float = 200.0            # depth band behind the nearest point that may belong to the hand
+    min_area_mm2: float = 1500.0      # smaller patches are speckles / flying pixels
+    near_area_mm2: float = 300.0      # the object's near depth is where this much of it is nearer
+    edge_mm: float = 15.0             # depth step that separates two surfaces ...
+    edge_rel: float = 0.02            # ... plus this fraction of the depth (sensor noise grows with depth)
+    hand_length_mm: float = 200.0     # kept from the hand end of a longer object (wrist to fingertip ~ 190 mm)
+    surface_offset_mm: float = 15.0   # centroid of the visible surface -> centre inside the hand
+    band_back: float = 0.25           # the deepest quarter of the band is where an arm recedes to the body
+    border_margin: float = 0.08       # an object this close (fraction of height) to the edge enters there
+    work_width: int = 320             # frames are analysed at about this width, for speed
+
+
+@dataclass(frozen=True)
+class HandLocation:
+    centre_uvd: np.ndarray   # (3,) u, v in full-frame pixels, d in mm
+    mask: np.ndarray         # (H, W) bool, the pixels taken as hand (at full resolution)
+    near_mm: float           # near depth of the object (see LocalizeConfig.near_area_mm2)
+    object_length_mm: float  # extent of the whole segmented object along its main axis
+    object_area_mm2: float   # metric area of the whole segmented object
+    forearm_dropped: bool
+
+
+def _pixel_points(depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, cam: Intrinsics,
+                  stride: int) -> np.ndarray:
+    """Full-frame xyz (mm) of working-resolution pixels."""
+    u, v = cols * stride, rows * stride
+    return uvd_to_xyz(np.stack([u, v, depth[rows, cols]], axis=-1), cam)
+
+
+def _geodesic_mm(obj: np.ndarray, rows: np.ndarray, cols: np.ndarray, pts: np.ndarray,
+                 sources: np.ndarray) -> np.ndarray:
+    """Shortest 3D path length (mm) over the object's pixel grid from any source pixel."""
+    node = np.full(obj.shape, -1, dtype=np.int64)
+    node[rows, cols] = np.arange(len(rows))
+    src, dst = [], []
+    for dr, dc in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a = node[max(0, -dr):obj.shape[0] - dr, max(0, -dc):obj.shape[1] - max(dc, 0)]
+        b = node[dr:, max(0, dc):obj.shape[1] + min(dc, 0)]
+        a, b = a[: b.shape[0], : b.shape[1]], b[: a.shape[0], : a.shape[1]]
+        both = (a >= 0) & (b >= 0)
+        src.append(a[both])
+        dst.append(b[both])
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    weight = np.linalg.norm(pts[src] - pts[dst], axis=1) + 1e-3
+    graph = sparse.coo_matrix((weight, (src, dst)), shape=(len(rows), len(rows))).tocsr()
+    dist = csgraph.dijkstra(graph, directed=False, indices=np.flatnonzero(sources), min_only=True)
+    return np.where(np.isfinite(dist), dist, 0.0)
+
+
+def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = LocalizeConfig()
+                ) -> HandLocation:
+    """Find the hand centre in a full frame of depth in mm (0 = no data)."""
+    depth_mm = np.asarray(depth_mm)
+    if depth_mm.shape != (cam.height, cam.width):
+        raise LocalizeError(f"depth is {depth_mm.shape[1]}x{depth_mm.shape[0]} but the camera is "
+                            f"{cam.width}x{cam.height}")
+    stride = max(1, int(round(cam.width / config.work_width)))
+    d = np.nan_to_num(depth_mm[::stride, ::stride].astype(np.float32), nan=0.0, posinf=0.0)
+    valid = d > 0
+    if not valid.any():
+        raise LocalizeError("no depth measurements in the frame")
+
+    # Surface patches: pixels not separated from a 4-neighbour by a depth step.
+    thr = config.edge_mm + config.edge_rel * d
+    edge = np.zeros_like(valid)
+    for axis in (0, 1):
+        step = np.abs(np.diff(d, axis=axis))
+        both = valid[1:, :] & valid[:-1, :] if axis == 0 else valid[:, 1:] & valid[:, :-1]
+        jump = both & (step > (thr[1:, :] if axis == 0 else thr[:, 1:]))
+        if axis == 0:
+            edge[1:, :] |= jump
+            edge[:-1, :] |= jump
+        else:
+            edge[:, 1:] |= jump
+            edge[:, :-1] |= jump
+    patches, n = ndimage.label(valid & ~edge)
+    if n == 0:
+        raise LocalizeError("no smooth surface in the frame (only isolated pixels)")
+    # Metric area of each pixel: (stride * z / fx) * (stride * z / fy).
+    pix_area = (stride * stride) * d * d / (cam.fx * cam.fy)
+    idx = np.arange(1, n + 1)
+    area = ndimage.sum_labels(pix_area, patches, idx)
+    big = idx[area >= config.min_area_mm2]
+    if big.size == 0:
+        raise LocalizeError(f"no object of at least {config.min_area_mm2:.0f} mm^2 in the frame")
+    # Near depth of each sizeable patch: where its area, sorted by depth, first reaches
+    # near_area_mm2 (a fingertip's worth), so stray pixels and patch size do not move it.
+    order = np.lexsort((d.ravel(), patches.ravel()))
+    flat_labels = patches.ravel()[order]
+    flat_depth = d.ravel()[order]
+    flat_area = pix_area.ravel()[order]
+    near = np.empty(len(big))
+    for k, lab in enumerate(big):
+        s, e = np.searchsorted(flat_labels, [lab, lab + 1])
+        reached = np.searchsorted(np.cumsum(flat_area[s:e]), config.near_area_mm2)
+        near[k] = flat_depth[s + min(reached, e - s - 1)]
+    seed = big[np.argmin(near)]
+    z0 = float(near.min())
+
+    # The object: measured pixels in the band behind the seed, connected to its near part.
+    band = valid & (d >= z0 - config.edge_mm) & (d <= z0 + config.band_mm)
+    objects, _ = ndimage.label(band, structure=np.ones((3, 3)))
+    obj_label = np.bincount(objects[(patches == seed) & (d <= z0)]).argmax()
+    obj = objects == obj_label
+    rows, cols = np.nonzero(obj)
+    pts = _pixel_points(d, rows, cols, cam, stride)
+    w = pix_area[rows, cols]
+
+    # The hand is the end of the object farthest, along its surface, from where the arm comes
+    # from: the frame border (an arm reaching in) or the back of the depth band (an arm receding
+    # to the body). Without either, the far end of the object's main 3D axis.
+    margin = max(1, int(round(config.border_margin * d.shape[0])))
+    h, wdt = d.shape
+    sources = ((rows < margin) | (rows >= h - margin) | (cols < margin) | (cols >= wdt - margin)
+               | (pts[:, 2] >= z0 + config.band_mm * (1 - config.band_back)))
+    mean = np.average(pts, axis=0, weights=w)
+    axis = np.linalg.eigh(np.cov((pts - mean).T, aweights=w))[1][:, -1]
+    t = (pts - mean) @ axis
+    lo, hi = np.percentile(t, [1, 99])
+    length = float(hi - lo)
+    if not sources.any():
+        end_lo, end_hi = t <= lo + length / 3, t >= hi - length / 3
+        lo_is_far = pts[end_lo, 2].mean() > pts[end_hi, 2].mean()
+        sources = (t <= lo) if lo_is_far else (t >= hi)
+    geo = _geodesic_mm(obj, rows, cols, pts, sources)
+    reach = float(np.percentile(geo, 99.5))
+    tip = pts[geo >= reach].mean(axis=0)
+    # A hand lies within a hand's length of its farthest point, along the surface and in space.
+    keep = (geo >= reach - config.hand_length_mm) & (
+        np.linalg.norm(pts - tip, axis=1) <= config.hand_length_mm)
+    dropped = not keep.all()
+    hand_small = np.zeros_like(obj)
+    hand_small[rows[keep], cols[keep]] = True
+    # Palm centre: the hand pixel deepest inside the silhouette (fingers are thin, the palm is
+    # the widest part), at the median depth of the hand surface around it.
+    top, left = rows[keep].min(), cols[keep].min()
+    box = np.pad(hand_small[top:rows[keep].max() + 1, left:cols[keep].max() + 1], 1)
+    inside = ndimage.distance_transform_edt(box)
+    r0, c0 = np.unravel_index(np.argmax(inside), inside.shape)
+    radius = max(float(inside[r0, c0]), 1.0)
+    r0, c0 = r0 + top - 1, c0 + left - 1
+    near_palm = keep & ((rows - r0) ** 2 + (cols - c0) ** 2 <= radius ** 2)
+    palm_uvd = np.array([c0 * stride, r0 * stride, np.median(pts[near_palm, 2])])
+    centre_xyz = uvd_to_xyz(palm_uvd, cam)
+    centre_xyz = centre_xyz + config.surface_offset_mm * centre_xyz / np.linalg.norm(centre_xyz)
+    u = centre_xyz[0] * cam.fx / centre_xyz[2] + cam.cx
+    v = centre_xyz[1] * cam.fy / centre_xyz[2] + cam.cy
+
+    mask = np.repeat(np.repeat(hand_small, stride, axis=0), stride, axis=1)[:cam.height, :cam.width]
+    mask &= depth_mm > 0
+    return HandLocation(
+        centre_uvd=np.array([u, v, centre_xyz[2]]),
+        mask=mask,
+        near_mm=z0,
+        object_length_mm=length,
+        object_area_mm2=float(w.sum()),
+        forearm_dropped=bool(dropped),
+    )
+
+
+def centre_from_labels(labels_uvd: np.ndarray, label_joints: str, cam: Intrinsics) -> np.ndarray:
+    """Crop centre(s) (..., 3) uvd from labels: NYU's palm centre, or the 21-joint palm's centroid.
+
+    For 21 joints the palm centre is the 3D mean of the wrist and the four finger MCPs, the
+    closest equivalent of NYU's palm-centre point.
+    """
+    labels_uvd = np.asarray(labels_uvd, dtype=np.float64)
+    if label_joints == "nyu14":
+        return labels_uvd[..., NYU14_NAMES.index("palm_center"), :]
+    if label_joints == "21":
+        palm = [JOINT_INDEX[n] for n in ("wrist", "index_mcp", "middle_mcp", "ring_mcp", "pinky_mcp")]
+        xyz = uvd_to_xyz(labels_uvd[..., palm, :], cam).mean(axis=-2)
+        u = xyz[..., 0] * cam.fx / xyz[..., 2] + cam.cx
+        v = xyz[..., 1] * cam.fy / xyz[..., 2] + cam.cy
+        return np.stack([u, v, xyz[..., 2]], axis=-1)
+    raise ValueError(f"unknown label joint set {label_joints!r} (nyu14 or 21)")
+
+
+def load_centres(path: str | Path, frames: int | None = None) -> np.ndarray:
+    """Read a centres file: one frame per line, `u v d` (pixels, pixels, mm)."""
+    centres = load_uvd(path, num_joints=1)[:, 0, :]
+    if frames is not None and len(centres) != frames:
+        raise ValueError(f"{path}: {len(centres)} centres for {frames} frames")
+    return centres
