@@ -1,0 +1,209 @@
+"""Real depth captures from any sensor: a folder of depth frames described by `capture.json`.
+
+```
+capture.json  {"intrinsics": {fx, fy, cx, cy, width, height},   # pixels, of the depth images
+               "depth_encoding": "uint16" | "nyu_rgb",          # 16-bit PNG, or NYU's G*256+B RGB PNG
+               "depth_scale_mm": 1.0,                            # millimetres per stored unit
+               "hand": "right" | "left",
+               "labels": "labels_uvd.txt", "label_joints": "nyu14" | "21",   # optional
+               "sensor": "..."}                                  # optional, free text
+*.png | *.npy  depth frames, in natural name order (2.png before 10.png); .npy arrays are
+               (height, width) in the stored unit; depth_encoding may be left out when all are .npy
+```
+
+Labels are `u v d` per joint (pixels, pixels, mm), one line per frame in frame order.
+
+Left hands are mirrored to right hands, because every model here is trained on right hands: the
+image is flipped left-right (column c -> width - 1 - c), label u -> width - 1 - u, and the
+principal point cx -> width - 1 - cx, so the mirrored frame is an exact pinhole image of the
+mirrored (x -> -x) scene. `Capture.intrinsics` are those of the frames as returned; `mirror_uvd`
+undoes the label flip (it is its own inverse) to report results in the original images.
+
+Depth units are checked, not trusted: `check_units` locates the hand and refuses a capture whose
+hand is not at a distance and of a palm size a hand can have (a wrong `depth_scale_mm` scales
+both), instead of feeding the trainer a giant or a doll.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hand_models.joints import JOINT_NAMES, NYU14_NAMES
+from render.camera import Intrinsics
+from training.evaluate import load_uvd
+from training.localize import HandLocation, LocalizeError, locate_hand
+
+DEPTH_ENCODINGS = ("uint16", "nyu_rgb")
+LABEL_JOINTS: dict[str, tuple[str, ...]] = {"nyu14": NYU14_NAMES, "21": JOINT_NAMES}
+# What a hand in front of a depth camera can look like; outside this the depth unit is wrong.
+PLAUSIBLE_NEAR_MM = (100.0, 2500.0)
+PLAUSIBLE_PALM_WIDTH_MM = (30.0, 200.0)
+
+
+class CaptureError(ValueError):
+    """A capture that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Capture:
+    root: Path
+    intrinsics: Intrinsics          # of the frames as returned (mirrored for left hands)
+    depth_encoding: str | None      # None for captures of .npy arrays only
+    depth_scale_mm: float
+    hand: str                       # as captured; frames and labels are always right-handed
+    frames: tuple[Path, ...]
+    labels_uvd: np.ndarray | None   # (frames, joints, 3), mirrored like the frames
+    label_joints: str | None
+    sensor: str = ""
+
+    @property
+    def mirrored(self) -> bool:
+        return self.hand == "left"
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def depth_mm(self, index: int) -> np.ndarray:
+        """Frame `index` as float32 millimetres, 0 where the sensor measured nothing."""
+        path = self.frames[index]
+        raw = read_depth_file(path, self.depth_encoding)
+        if raw.shape != (self.intrinsics.height, self.intrinsics.width):
+            raise CaptureError(f"{path}: image is {raw.shape[1]}x{raw.shape[0]} but capture.json says "
+                               f"{self.intrinsics.width}x{self.intrinsics.height}")
+        depth = raw.astype(np.float32) * np.float32(self.depth_scale_mm)
+        return np.ascontiguousarray(depth[:, ::-1]) if self.mirrored else depth
+
+    def locate(self, index: int) -> HandLocation:
+        """The detected hand of frame `index` (see training.localize)."""
+        try:
+            return locate_hand(self.depth_mm(index), self.intrinsics)
+        except LocalizeError as err:
+            raise CaptureError(f"{self.frames[index]}: {err}") from None
+
+    def check_units(self, indices: list[int] | None = None) -> None:
+        """Refuse the capture if a checked frame's hand has an implausible distance or size.
+
+        Checks the first, middle and last frame unless told otherwise.
+        """
+        if indices is None:
+            indices = sorted({0, len(self) // 2, len(self) - 1})
+        for i in indices:
+            loc = self.locate(i)
+            near_ok = PLAUSIBLE_NEAR_MM[0] <= loc.near_mm <= PLAUSIBLE_NEAR_MM[1]
+            palm_ok = PLAUSIBLE_PALM_WIDTH_MM[0] <= loc.palm_width_mm <= PLAUSIBLE_PALM_WIDTH_MM[1]
+            if not (near_ok and palm_ok):
+                raise CaptureError(
+                    f"{self.frames[i]}: depths implausible for a hand with depth_scale_mm="
+                    f"{self.depth_scale_mm:g}: nearest object at {loc.near_mm:.0f} mm (plausible "
+                    f"{PLAUSIBLE_NEAR_MM[0]:.0f}-{PLAUSIBLE_NEAR_MM[1]:.0f}), palm {loc.palm_width_mm:.0f} mm wide "
+                    f"(plausible {PLAUSIBLE_PALM_WIDTH_MM[0]:.0f}-{PLAUSIBLE_PALM_WIDTH_MM[1]:.0f}); "
+                    f"check depth_scale_mm in {self.root / 'capture.json'}")
+
+
+def mirror_uvd(uvd: np.ndarray, width: int) -> np.ndarray:
+    """Flip uvd labels left-right in an image `width` pixels wide (its own inverse)."""
+    out = np.array(uvd, dtype=np.float64, copy=True)
+    out[..., 0] = (width - 1) - out[..., 0]
+    return out
+
+
+def mirror_intrinsics(cam: Intrinsics) -> Intrinsics:
+    """Intrinsics of the left-right flipped image: cx -> width - 1 - cx."""
+    return Intrinsics(cam.fx, cam.fy, (cam.width - 1) - cam.cx, cam.cy, cam.width, cam.height)
+
+
+def read_depth_file(path: Path, encoding: str | None) -> np.ndarray:
+    """Stored depth units as a 2D array; refuses truncated files and wrong bit depths."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise CaptureError(f"{path}: cannot read depth array ({err})") from None
+        if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise CaptureError(f"{path}: depth array must be 2D numbers, got {arr.dtype} {arr.shape}")
+        arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        if (arr < 0).any():
+            raise CaptureError(f"{path}: negative depth values")
+        return arr
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, arr = im.mode, np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise CaptureError(f"{path}: cannot decode image ({err})") from None
+    if encoding == "nyu_rgb":
+        if mode != "RGB":
+            raise CaptureError(f"{path}: nyu_rgb depth must be an 8-bit RGB PNG, got mode {mode}")
+        return arr[..., 1].astype(np.uint16) * 256 + arr[..., 2]
+    if mode not in ("I;16", "I;16B", "I;16L"):
+        raise CaptureError(f"{path}: uint16 depth must be a 16-bit single-channel PNG, got mode {mode}")
+    return arr.astype(np.uint16)
+
+
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def load_capture(root: str | Path, check_units: bool = True) -> Capture:
+    """Read and validate a capture folder; `check_units=False` skips the depth-unit check."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CaptureError(f"{root}: not a folder")
+    meta_path = root / "capture.json"
+    if not meta_path.is_file():
+        raise CaptureError(f"{root}: no capture.json (a capture is depth frames plus capture.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CaptureError(f"{meta_path}: cannot read ({err})") from None
+    if not isinstance(meta, dict):
+        raise CaptureError(f"{meta_path}: must be a JSON object")
+    try:
+        cam = Intrinsics.from_dict(meta.get("intrinsics") or {})
+    except ValueError as err:
+        raise CaptureError(f"{meta_path}: {err}") from None
+    scale = meta.get("depth_scale_mm")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+        raise CaptureError(f"{meta_path}: depth_scale_mm must be a positive number, got {scale!r}")
+    hand = meta.get("hand")
+    if hand not in ("right", "left"):
+        raise CaptureError(f"{meta_path}: hand must be 'right' or 'left', got {hand!r}")
+
+    frames = tuple(sorted((p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".png", ".npy")),
+                          key=_natural_key))
+    if not frames:
+        raise CaptureError(f"{root}: no depth frames (*.png or *.npy)")
+    encoding = meta.get("depth_encoding")
+    needs_encoding = any(p.suffix.lower() == ".png" for p in frames)
+    if encoding not in DEPTH_ENCODINGS and (needs_encoding or encoding is not None):
+        raise CaptureError(f"{meta_path}: depth_encoding must be one of {', '.join(DEPTH_ENCODINGS)}, got {encoding!r}")
+
+    labels, label_joints = None, None
+    if meta.get("labels") is not None:
+        label_joints = meta.get("label_joints")
+        if label_joints not in LABEL_JOINTS:
+            raise CaptureError(f"{meta_path}: label_joints must be one of {', '.join(LABEL_JOINTS)}, got {label_joints!r}")
+        labels_path = root / str(meta["labels"])
+        try:
+            labels = load_uvd(labels_path, len(LABEL_JOINTS[label_joints]))
+        except ValueError as err:
+            raise CaptureError(str(err)) from None
+        if len(labels) != len(frames):
+            raise CaptureError(f"{labels_path}: {len(labels)} label lines for {len(frames)} frames")
+
+    if hand == "left":
+        cam = mirror_intrinsics(cam)
+        labels = None if labels is None else mirror_uvd(labels, cam.width)
+    capture = Capture(root=root, intrinsics=cam, depth_encoding=encoding, depth_scale_mm=float(scale),
+                      hand=hand, frames=frames, labels_uvd=labels, label_joints=label_joints,
+                      sensor=str(meta.get("sensor", "")))
+    if check_units:
+        capture.check_units()
+    return capture
