@@ -1,0 +1,116 @@
+"""hand-eval: reproduces published numbers and refuses malformed result files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from render.camera import NYU_KINECT, uvd_to_xyz, xyz_to_uvd
+from training.evaluate import DATASETS, evaluate_uvd, load_uvd, main, success_curve
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ANCHORS = SHARED / "eval_anchors" / "nyu"
+
+
+def _write(path: Path, uvd: np.ndarray) -> Path:
+    path.write_text("\n".join(" ".join(f"{v:.6f}" for v in frame.ravel()) for frame in uvd) + "\n")
+    return path
+
+
+def _gt(frames: int = 5, joints: int = 14, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xyz = rng.normal([0, 0, 700], [60, 60, 40], size=(frames, joints, 3))
+    return xyz_to_uvd(xyz, NYU_KINECT, y_up=True)
+
+
+@pytest.mark.skipif(not ANCHORS.is_dir(), reason=f"{ANCHORS} absent (shared evaluation anchors)")
+def test_deepprior_pp_reproduces_published_error(capsys):
+    rc = main(["--pred", str(ANCHORS / "ICCVW17_NYU_DeepPrior++.txt"),
+               "--gt", str(ANCHORS / "nyu_test_groundtruth_label.txt"), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["frames"] == 8252
+    assert round(out["mean_error_mm"], 3) == 12.238
+    assert list(out["per_joint_mm"])[-1] == "palm_center"
+    assert np.isclose(np.mean(list(out["per_joint_mm"].values())), out["mean_error_mm"])
+
+
+def test_known_metric_offset_gives_that_error(tmp_path):
+    gt = _gt()
+    xyz = uvd_to_xyz(gt, NYU_KINECT, y_up=True)
+    xyz[:, :, 0] += 3.0
+    xyz[:, :, 2] += 4.0            # 5 mm for every joint
+    xyz[0, 2, 1] += 12.0           # one joint of frame 0 off by 13 mm
+    pred = xyz_to_uvd(xyz, NYU_KINECT, y_up=True)
+    res = evaluate_uvd(pred, gt, NYU_KINECT, y_up=True)
+    assert res.per_joint_mm["joint_2"] == pytest.approx((13 + 4 * 5) / 5, abs=1e-6)
+    assert res.mean_error_mm == pytest.approx((13 + 69 * 5) / 70, abs=1e-6)
+    # Worst joint: 13 mm in frame 0, 5 mm elsewhere.
+    frac = dict(zip(res.thresholds_mm, res.fraction_within))
+    assert frac[4.5] == 0.0 and frac[5.5] == pytest.approx(0.8) and frac[12.5] == pytest.approx(0.8)
+    assert frac[13.5] == 1.0
+
+
+def test_success_curve_counts_worst_joint():
+    errors = np.array([[1.0, 9.0], [2.0, 3.0], [20.0, 0.0]])
+    np.testing.assert_allclose(success_curve(errors, np.array([2.9, 3.0, 9.0, 19.9, 20.0])),
+                               [0, 1 / 3, 2 / 3, 2 / 3, 1])
+
+
+def test_presets_and_custom_intrinsics(tmp_path, capsys):
+    cam, _ = DATASETS["icvl"]
+    assert (cam.fx, cam.cx, cam.cy, cam.width, cam.height) == (241.42, 160.0, 120.0, 320, 240)
+    gt = _gt(joints=21)
+    pred = gt.copy()
+    pred[..., 2] += 10.0  # 10 mm deeper on the ray: error depends on the intrinsics, not only on d
+    g, p = _write(tmp_path / "gt.txt", gt), _write(tmp_path / "pred.txt", pred)
+    (tmp_path / "cam.json").write_text(json.dumps({"intrinsics": {"fx": 241.42, "fy": 241.42, "cx": 160,
+                                                                  "cy": 120, "width": 320, "height": 240}}))
+    results = {}
+    for extra in (["--dataset", "msra"], ["--dataset", "custom", "--intrinsics", str(tmp_path / "cam.json")],
+                  ["--dataset", "nyu"]):
+        assert main(["--pred", str(p), "--gt", str(g), "--json", *extra]) == 0
+        results[extra[1]] = json.loads(capsys.readouterr().out)
+    assert results["msra"]["mean_error_mm"] == pytest.approx(results["custom"]["mean_error_mm"])
+    assert results["msra"]["mean_error_mm"] != pytest.approx(results["nyu"]["mean_error_mm"])
+    assert list(results["nyu"]["per_joint_mm"])[0] == "wrist"  # 21 joints named by column count
+    assert main(["--pred", str(p), "--gt", str(g), "--dataset", "custom"]) == 2
+    assert "--intrinsics" in capsys.readouterr().err
+
+
+def test_plot_is_written(tmp_path):
+    gt = _gt()
+    g, p = _write(tmp_path / "gt.txt", gt), _write(tmp_path / "pred.txt", gt + 1.0)
+    out = tmp_path / "curve.png"
+    assert main(["--pred", str(p), "--gt", str(g), "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(tmp_path.glob("*.png")) == [out]  # no temporary left behind
+
+
+@pytest.mark.parametrize("damage, where", [
+    (lambda lines: lines.__setitem__(2, lines[2] + " 1.0"), ":3: 43 columns"),
+    (lambda lines: lines.__setitem__(1, lines[1].replace(lines[1].split()[4], "abc", 1)), ":2: non-numeric"),
+    (lambda lines: lines.pop(), "4 frames"),
+    (lambda lines: lines.__setitem__(0, lines[0].replace(lines[0].split()[2], "-5", 1)), ":1: depth"),
+])
+def test_bad_prediction_files_are_refused(tmp_path, capsys, damage, where):
+    gt = _gt()
+    g = _write(tmp_path / "gt.txt", gt)
+    lines = _write(tmp_path / "pred.txt", gt).read_text().splitlines()
+    damage(lines)
+    (tmp_path / "pred.txt").write_text("\n".join(lines) + "\n")
+    assert main(["--pred", str(tmp_path / "pred.txt"), "--gt", str(g)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pred.txt" in err[0] and where in err[0], err
+
+
+def test_load_uvd_refuses_ragged_and_empty(tmp_path):
+    (tmp_path / "a.txt").write_text("1 2 3 4\n")
+    with pytest.raises(ValueError, match="a.txt:1: 4 columns"):
+        load_uvd(tmp_path / "a.txt")
+    (tmp_path / "b.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="no frames"):
+        load_uvd(tmp_path / "b.txt")
