@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from smplx.lbs import lbs
+from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, lbs, vertices2joints
 
 from .joints import JOINT_INDEX, MANO_TO_21, NYU14_NAMES
 from .mano_io import read_model_arrays
@@ -145,12 +145,41 @@ class HandModel(torch.nn.Module):
         joints[:, list(_TIP_JOINTS)] = verts[:, self.tip_ids]
         return HandOutput(verts, joints, self.nyu14(verts, joints))
 
+    def keypoints(self, hand_pose: torch.Tensor, betas: torch.Tensor | None = None,
+                  global_orient: torch.Tensor | None = None, transl: torch.Tensor | None = None) -> HandOutput:
+        """Like forward, but skins only the tip and wrist vertices (`vertices` holds those 7):
+        fitting and collision tests need joints, not the mesh, and this is ~10x cheaper."""
+        batch = hand_pose.shape[0]
+        dtype = self.v_template.dtype
+        if global_orient is None:
+            global_orient = hand_pose.new_zeros(batch, 3)
+        if betas is None:
+            betas = hand_pose.new_zeros(batch, self.num_betas)
+        pose = torch.cat([global_orient.reshape(batch, 3), hand_pose.reshape(batch, 45)], 1).to(dtype)
+        rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(batch, 16, 3, 3)
+        shaped = self.v_template + blend_shapes(betas.to(dtype), self.shapedirs)
+        j16, transforms = batch_rigid_transform(rot, vertices2joints(self.J_regressor, shaped), self.parents, dtype)
+        ids = torch.cat([self.tip_ids, self.wrist_ids])
+        skin = torch.einsum("vj,njab->nvab", self.lbs_weights[ids], transforms)
+        picked = torch.nn.functional.pad(shaped[:, ids], (0, 1), value=1.0)
+        verts = torch.einsum("nvab,nvb->nva", skin, picked)[..., :3]
+        if transl is not None:
+            offset = transl.reshape(batch, 1, 3).to(dtype)
+            verts, j16 = verts + offset, j16 + offset
+        joints = verts.new_empty(batch, 21, 3)
+        joints[:, list(MANO_TO_21)] = j16
+        joints[:, list(_TIP_JOINTS)] = verts[:, :5]
+        return HandOutput(verts, joints, self._nyu14(joints, verts[:, 5], verts[:, 6]))
+
     def nyu14(self, vertices: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
         """NYU's 14 evaluation joints from the 21 joints and two wrist skin points."""
+        return self._nyu14(joints, vertices[:, self.wrist_ids[0]], vertices[:, self.wrist_ids[1]])
+
+    def _nyu14(self, joints: torch.Tensor, ulnar: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
         wrist, middle_mcp = joints[:, JOINT_INDEX["wrist"]], joints[:, JOINT_INDEX["middle_mcp"]]
         extra = {
-            "wrist_ulnar": vertices[:, self.wrist_ids[0]],
-            "wrist_radial": vertices[:, self.wrist_ids[1]],
+            "wrist_ulnar": ulnar,
+            "wrist_radial": radial,
             "palm_center": wrist + PALM_CENTRE_FRACTION * (middle_mcp - wrist),
         }
         return torch.stack([extra[n] if n in extra else joints[:, JOINT_INDEX[n]] for n in NYU14_NAMES], 1)
