@@ -175,10 +175,10 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
     dropped = not keep.all()
     hand_small = np.zeros_like(obj)
     hand_small[rows[keep], cols[keep]] = True
-    # Palm centre: the hand pixel deepest inside the silhouette (fingers are thin, the palm is
-    # the widest part), at the median depth of the hand surface around it.
+    # Palm centre: the hand pixel deepest inside the silhouette, holes filled (fingers are thin,
+    # the palm is the widest part), at the median depth of the hand surface around it.
     top, left = rows[keep].min(), cols[keep].min()
-    box = np.pad(hand_small[top:rows[keep].max() + 1, left:cols[keep].max() + 1], 1)
+    box = ndimage.binary_fill_holes(np.pad(hand_small[top:rows[keep].max() + 1, left:cols[keep].max() + 1], 1))
     inside = ndimage.distance_transform_edt(box)
     r0, c0 = np.unravel_index(np.argmax(inside), inside.shape)
     radius = max(float(inside[r0, c0]), 1.0)
