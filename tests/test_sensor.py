@@ -1,0 +1,148 @@
+"""The sensor model: exact rounding for "clean", Kinect v1 physics and reproducibility for "kinect"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from render.camera import NYU_KINECT, Intrinsics
+from render.sensor import KINECT_V1, SENSORS, apply_sensor
+
+CAM = NYU_KINECT
+
+
+def plane(cam: Intrinsics, normal, distance_m: float) -> np.ndarray:
+    """Exact depth of the plane n . X = distance (camera metres, OpenCV axes)."""
+    n = np.asarray(normal, float) / np.linalg.norm(normal)
+    u = (np.arange(cam.width) - cam.cx) / cam.fx
+    v = (np.arange(cam.height) - cam.cy) / cam.fy
+    denom = n[0] * u[None, :] + n[1] * v[:, None] + n[2]
+    return (distance_m / denom).astype(np.float32)
+
+
+def sphere(cam: Intrinsics, centre_m, radius_m: float) -> np.ndarray:
+    """Exact depth of a sphere on an empty background (0)."""
+    c = np.asarray(centre_m, float)
+    x = ((np.arange(cam.width) - cam.cx) / cam.fx)[None, :]
+    y = ((np.arange(cam.height) - cam.cy) / cam.fy)[:, None]
+    a = x * x + y * y + 1
+    b = x * c[0] + y * c[1] + c[2]
+    disc = b * b - a * (c @ c - radius_m**2)
+    return np.where(disc > 0, (b - np.sqrt(np.maximum(disc, 0))) / a, 0).astype(np.float32)
+
+
+def kinect(depth: np.ndarray, seed: int = 0, origin=(0, 0)) -> np.ndarray:
+    return apply_sensor(depth, CAM, origin, "kinect", np.random.default_rng(seed))
+
+
+def test_clean_rounds_to_the_millimetre() -> None:
+    depth = np.array([[0.0, 0.5, 0.79949, 0.80051], [1.2344, 1.2346, 0.0, 3.0]], np.float32)
+    out = apply_sensor(depth, CAM, (0, 0), "clean", np.random.default_rng(0))
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, [[0, 500, 799, 801], [1234, 1235, 0, 3000]])
+
+
+def test_clean_treats_nan_and_negative_as_no_depth() -> None:
+    depth = np.array([[np.nan, -1.0, np.inf, 0.8]], np.float32)
+    out = apply_sensor(depth, CAM, (0, 0), "clean", np.random.default_rng(0))
+    np.testing.assert_array_equal(out, [[0, 0, 0, 800]])
+
+
+def test_bad_mode_and_shape_refused() -> None:
+    with pytest.raises(ValueError, match="clean, kinect"):
+        apply_sensor(np.zeros((4, 4), np.float32), CAM, (0, 0), "realsense3000", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="2-D"):
+        apply_sensor(np.zeros((4, 4, 1), np.float32), CAM, (0, 0), "clean", np.random.default_rng(0))
+    assert set(SENSORS) >= {"clean", "kinect"}
+
+
+def test_kinect_is_uint16_and_invents_no_depth() -> None:
+    depth = sphere(CAM, (0.02, -0.01, 0.8), 0.06)
+    out = kinect(depth)
+    assert out.dtype == np.uint16 and out.shape == depth.shape
+    assert not out[depth == 0].any()
+    assert (out > 0).sum() > 0.8 * (depth > 0).sum()
+    assert not kinect(np.zeros((50, 60), np.float32)).any()
+
+
+def test_kinect_is_deterministic_per_seed() -> None:
+    depth = sphere(CAM, (0.0, 0.0, 0.7), 0.08)
+    np.testing.assert_array_equal(kinect(depth, 3), kinect(depth, 3))
+    assert (kinect(depth, 3) != kinect(depth, 4)).any()
+
+
+def test_window_gets_the_full_frames_artefacts() -> None:
+    depth = sphere(CAM, (-0.05, 0.03, 0.75), 0.05)
+    full = kinect(depth, seed=11)
+    rows, cols = np.nonzero(depth)
+    v0, u0 = rows.min() - 7, cols.min() - 5
+    window = depth[v0:rows.max() + 9, u0:cols.max() + 4]
+    np.testing.assert_array_equal(kinect(window, seed=11, origin=(u0, v0)), full[v0:rows.max() + 9, u0:cols.max() + 4])
+
+
+def test_quantisation_follows_disparity_steps() -> None:
+    # A plane tilted about the vertical axis spans ~0.74 to 0.86 m; every output lies on the
+    # disparity lattice z_k = b f / (k step), up to the 1 mm rounding of the output.
+    depth = plane(CAM, (0.3, 0.0, 1.0), 0.8)
+    out = kinect(depth)[100:380, 100:540]
+    values = np.unique(out[out > 0]).astype(float)
+    bf_mm = 1000 * KINECT_V1.baseline_m * KINECT_V1.native_focal_px
+    levels = np.rint(bf_mm / (KINECT_V1.disparity_step_px * values))
+    lattice = bf_mm / (KINECT_V1.disparity_step_px * levels)
+    assert np.abs(values - lattice).max() <= 0.5 + 1e-3
+    near_800 = values[(values > 780) & (values < 820)]
+    spacing = (near_800[-1] - near_800[0]) / (len(near_800) - 1)
+    assert spacing == pytest.approx(1000 * KINECT_V1.depth_step_m(0.8), abs=0.1)
+    assert 1.7 < 1000 * KINECT_V1.depth_step_m(0.8) < 2.0      # Kinect v1: ~2 mm at 800 mm
+
+
+def test_noise_is_unbiased_and_grows_with_depth() -> None:
+    errors = {}
+    for z in (0.6, 1.2):
+        depth = plane(CAM, (0.0, 0.0, 1.0), z)
+        out = kinect(depth, seed=5)[40:440, 40:600].astype(float)
+        err = out[out > 0] - 1000 * z
+        assert abs(err.mean()) < 0.1 * 1000 * KINECT_V1.depth_step_m(z) + 0.3
+        errors[z] = err.std()
+    assert 2.5 < errors[1.2] / errors[0.6] < 6.0          # ~ (1.2 / 0.6)^2 = 4 for disparity noise
+
+
+def test_silhouette_edges_lose_pixels_interior_does_not() -> None:
+    from scipy import ndimage as ndi
+
+    depth = sphere(CAM, (0.0, 0.0, 0.8), 0.07)
+    support = depth > 0
+    lost = support & (kinect(depth, seed=2) == 0)
+    boundary = support & ~ndi.binary_erosion(support)
+    interior = ndi.binary_erosion(support, iterations=6)
+    assert lost[boundary].mean() > 0.3
+    assert lost[interior].mean() < 0.005
+
+
+def test_grazing_surfaces_drop_out() -> None:
+    facing = kinect(plane(CAM, (0.0, 0.0, 1.0), 0.8))[60:420, 80:560]
+    grazing = kinect(plane(CAM, (np.sin(np.radians(86)), 0.0, np.cos(np.radians(86))), 0.05))
+    seen = grazing[plane(CAM, (np.sin(np.radians(86)), 0.0, np.cos(np.radians(86))), 0.05) > 0]
+    assert (facing == 0).mean() < 0.002
+    assert (seen == 0).mean() > 0.5
+
+
+def test_projector_shadow_falls_left_of_a_nearer_object() -> None:
+    # A 3 cm vertical bar at 0.6 m in front of a wall at 0.9 m: the wall loses a band left of the bar
+    # as wide as the disparity difference, b fx (1/0.6 - 1/0.9) ~ 24.5 px, and nothing on the right.
+    wall = plane(CAM, (0.0, 0.0, 1.0), 0.9)
+    depth = wall.copy()
+    u_left, u_right = 310, 340
+    depth[:, u_left:u_right] = 0.6
+    out = kinect(depth, seed=1)
+    band = KINECT_V1.baseline_m * CAM.fx * (1 / 0.6 - 1 / 0.9)
+    rows = slice(100, 380)
+    assert (out[rows, u_left - int(band) + 2:u_left - 2] == 0).mean() > 0.95
+    assert (out[rows, u_left - int(band) - 12:u_left - int(band) - 3] == 0).mean() < 0.02
+    assert (out[rows, u_right + 3:u_right + 30] == 0).mean() < 0.02
+
+
+def test_hole_fraction_is_small_but_present() -> None:
+    depth = plane(CAM, (0.0, 0.0, 1.0), 0.8)
+    lost = np.mean([(kinect(depth, seed=s)[20:460, 20:620] == 0).mean() for s in range(4)])
+    assert 1e-5 < lost < 1e-3      # NYU: 0.07 % of the hand silhouette; hole seeds alone ~0.01 %
