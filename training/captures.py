@@ -43,7 +43,8 @@ DEPTH_ENCODINGS = ("uint16", "nyu_rgb")
 LABEL_JOINTS: dict[str, tuple[str, ...]] = {"nyu14": NYU14_NAMES, "21": JOINT_NAMES}
 # What a hand in front of a depth camera can look like; outside this the depth unit is wrong.
 PLAUSIBLE_NEAR_MM = (100.0, 2500.0)
-PLAUSIBLE_PALM_WIDTH_MM = (30.0, 200.0)
+PLAUSIBLE_PALM_WIDTH_MM = (30.0, 140.0)
+PLAUSIBLE_HAND_AREA_MM2 = (3000.0, 30000.0)
 
 
 class CaptureError(ValueError):
@@ -95,14 +96,15 @@ class Capture:
             indices = sorted({0, len(self) // 2, len(self) - 1})
         for i in indices:
             loc = self.locate(i)
-            near_ok = PLAUSIBLE_NEAR_MM[0] <= loc.near_mm <= PLAUSIBLE_NEAR_MM[1]
-            palm_ok = PLAUSIBLE_PALM_WIDTH_MM[0] <= loc.palm_width_mm <= PLAUSIBLE_PALM_WIDTH_MM[1]
-            if not (near_ok and palm_ok):
+            checks = {"nearest object": (loc.near_mm, PLAUSIBLE_NEAR_MM, "mm"),
+                      "palm width": (loc.palm_width_mm, PLAUSIBLE_PALM_WIDTH_MM, "mm"),
+                      "hand area": (loc.hand_area_mm2, PLAUSIBLE_HAND_AREA_MM2, "mm^2")}
+            bad = [f"{name} {value:.0f} {unit} (plausible {lo:.0f}-{hi:.0f})"
+                   for name, (value, (lo, hi), unit) in checks.items() if not lo <= value <= hi]
+            if bad:
                 raise CaptureError(
                     f"{self.frames[i]}: depths implausible for a hand with depth_scale_mm="
-                    f"{self.depth_scale_mm:g}: nearest object at {loc.near_mm:.0f} mm (plausible "
-                    f"{PLAUSIBLE_NEAR_MM[0]:.0f}-{PLAUSIBLE_NEAR_MM[1]:.0f}), palm {loc.palm_width_mm:.0f} mm wide "
-                    f"(plausible {PLAUSIBLE_PALM_WIDTH_MM[0]:.0f}-{PLAUSIBLE_PALM_WIDTH_MM[1]:.0f}); "
+                    f"{self.depth_scale_mm:g}: {', '.join(bad)}; "
                     f"check depth_scale_mm in {self.root / 'capture.json'}")
 
 

@@ -62,6 +62,7 @@ class HandLocation:
     object_area_mm2: float   # metric area of the whole segmented object
     forearm_dropped: bool
     palm_width_mm: float     # diameter of the largest disc inside the hand silhouette
+    hand_area_mm2: float     # metric area of the pixels taken as hand
 
 
 def _pixel_points(depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, cam: Intrinsics,
@@ -200,6 +201,7 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
         object_area_mm2=float(w.sum()),
         forearm_dropped=bool(dropped),
         palm_width_mm=float(2 * radius * stride * palm_uvd[2] / cam.fx),
+        hand_area_mm2=float(w[keep].sum()),
     )
 
 

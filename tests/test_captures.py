@@ -1,0 +1,174 @@
+"""Capture reader: every real sample loads in millimetres; bad captures are refused by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.captures import CaptureError, load_capture, mirror_uvd
+from training.localize import centre_from_labels
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SAMPLES = SHARED / "real_samples"
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} absent (shared real samples)")
+
+META = {"intrinsics": {"fx": 475.0, "fy": 475.0, "cx": 319.5, "cy": 239.5, "width": 640, "height": 480},
+        "depth_encoding": "uint16", "depth_scale_mm": 1.0, "hand": "right"}
+
+
+def _hand_frame(scale_mm: float = 1.0) -> np.ndarray:
+    """A palm with fingers at 500 mm and a wall at 1200 mm, in stored units of scale_mm."""
+    v, u = np.mgrid[0:480, 0:640]
+    x, y = (u - 319.5) * 500 / 475, (v - 239.5) * 500 / 475
+    hand = (x ** 2 / 45 ** 2 + y ** 2 / 50 ** 2 <= 1) | ((np.abs(x) <= 40) & (y > -130) & (y < 0) & (np.abs(x) % 20 < 9))
+    depth = np.where(hand, 500.0, 1200.0)
+    return np.round(depth / scale_mm).astype(np.uint16)
+
+
+def _capture(tmp_path: Path, meta: dict | None = None, frames: dict[str, np.ndarray] | None = None) -> Path:
+    root = tmp_path / "cap"
+    root.mkdir()
+    if meta is not None:
+        (root / "capture.json").write_text(json.dumps(meta))
+    for name, arr in (frames or {}).items():
+        if name.endswith(".npy"):
+            np.save(root / name, arr)
+        else:
+            Image.fromarray(arr).save(root / name)
+    return root
+
+
+@needs_samples
+def test_nyu_sample_reads_millimetres_and_labels():
+    cap = load_capture(SAMPLES / "nyu")
+    depth = cap.depth_mm(0)
+    assert depth.dtype == np.float32 and depth.shape == (480, 640)
+    assert cap.labels_uvd.shape == (1, 14, 3) and cap.label_joints == "nyu14"
+    # Labels agree with pixels: the surface lies 5 to 30 mm in front of each labelled joint.
+    u, v = np.round(cap.labels_uvd[0, :, :2]).astype(int).T
+    gap = cap.labels_uvd[0, :, 2] - depth[v, u]
+    assert np.median(gap) > 0 and np.all(gap > -5) and np.all(gap < 40)
+
+
+@needs_samples
+@pytest.mark.parametrize("name, near", [("bighand", (540, 620)), ("realsense_sr305/seq_a", (440, 620))])
+def test_unlabelled_samples_read_in_millimetres(name, near):
+    cap = load_capture(SAMPLES / name)
+    assert cap.labels_uvd is None and len(cap) >= 1
+    for i in range(len(cap)):
+        assert near[0] < cap.locate(i).near_mm < near[1]  # 0.125 mm units converted, not raw
+
+
+@needs_samples
+def test_sr305_frames_in_natural_order():
+    cap = load_capture(SAMPLES / "realsense_sr305" / "seq_a")
+    assert [p.stem for p in cap.frames] == ["30", "50", "70", "90", "110", "130", "150", "170"]
+
+
+@needs_samples
+def test_left_hand_is_mirrored_with_its_labels(tmp_path):
+    right = load_capture(SAMPLES / "nyu")
+    meta = json.loads((SAMPLES / "nyu" / "capture.json").read_text())
+    meta["hand"] = "left"
+    meta["intrinsics"]["cx"] = 639 - meta["intrinsics"]["cx"]  # the camera that sees the mirror image
+    raw = np.asarray(Image.open(right.frames[0]))
+    labels = mirror_uvd(right.labels_uvd[0], 640)
+    root = _capture(tmp_path, meta, {"left.png": raw[:, ::-1].copy()})
+    (root / "labels_uvd.txt").write_text(" ".join(f"{x:.4f}" for x in labels.ravel()) + "\n")
+    left = load_capture(root)
+    assert left.mirrored and left.intrinsics == right.intrinsics
+    np.testing.assert_array_equal(left.depth_mm(0), right.depth_mm(0))
+    np.testing.assert_allclose(left.labels_uvd, right.labels_uvd, atol=1e-3)
+    np.testing.assert_allclose(mirror_uvd(mirror_uvd(labels, 640), 640), labels)
+
+
+def test_npy_and_png_frames_agree(tmp_path):
+    frame = _hand_frame(scale_mm=0.125)
+    meta = dict(META, depth_scale_mm=0.125)
+    cap = load_capture(_capture(tmp_path, meta, {"a.png": frame, "b.npy": frame.astype(np.float32)}))
+    np.testing.assert_array_equal(cap.depth_mm(0), cap.depth_mm(1))
+    assert cap.depth_mm(0).max() == pytest.approx(1200.0)
+
+
+def test_21_joint_labels(tmp_path):
+    root = _capture(tmp_path, dict(META, labels="l.txt", label_joints="21"), {"0.png": _hand_frame()})
+    (root / "l.txt").write_text(" ".join(["320 240 510"] * 21) + "\n")
+    cap = load_capture(root)
+    assert cap.labels_uvd.shape == (1, 21, 3)
+    np.testing.assert_allclose(centre_from_labels(cap.labels_uvd[0], "21", cap.intrinsics), [320, 240, 510])
+    (root / "l.txt").write_text(" ".join(["320 240 510"] * 14) + "\n")
+    with pytest.raises(CaptureError, match="l.txt:1: 42 columns, expected 63"):
+        load_capture(root)
+
+
+def test_missing_capture_json(tmp_path):
+    root = _capture(tmp_path, None, {"0.png": _hand_frame()})
+    with pytest.raises(CaptureError, match="no capture.json"):
+        load_capture(root)
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(CaptureError, match="no capture.json"):
+        load_capture(_capture(tmp_path))
+    (tmp_path / "cap" / "capture.json").write_text(json.dumps(META))
+    with pytest.raises(CaptureError, match="no depth frames"):
+        load_capture(tmp_path / "cap")
+
+
+def test_truncated_png_is_refused_by_name(tmp_path):
+    root = _capture(tmp_path, META, {"0.png": _hand_frame()})
+    data = (root / "0.png").read_bytes()
+    (root / "0.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CaptureError, match=r"0\.png: cannot decode"):
+        load_capture(root)
+
+
+def test_wrong_bit_depth_is_refused(tmp_path):
+    eight_bit = (_hand_frame() // 8).astype(np.uint8)
+    with pytest.raises(CaptureError, match=r"0\.png: .*16-bit.*mode L"):
+        load_capture(_capture(tmp_path, META, {"0.png": eight_bit}))
+    shutil.rmtree(tmp_path / "cap")
+    with pytest.raises(CaptureError, match="8-bit RGB"):
+        load_capture(_capture(tmp_path, dict(META, depth_encoding="nyu_rgb"), {"0.png": _hand_frame()}))
+
+
+@pytest.mark.parametrize("stored_scale, declared_scale", [(0.125, 1.0), (1.0, 0.125), (1.0, 10.0)])
+def test_wrong_depth_unit_is_flagged(tmp_path, stored_scale, declared_scale):
+    root = _capture(tmp_path, dict(META, depth_scale_mm=declared_scale), {"0.png": _hand_frame(stored_scale)})
+    with pytest.raises(CaptureError, match="implausible for a hand"):
+        load_capture(root)
+    assert load_capture(root, check_units=False).depth_scale_mm == declared_scale
+
+
+@needs_samples
+def test_real_sr305_with_wrong_unit_is_flagged(tmp_path):
+    meta = json.loads((SAMPLES / "realsense_sr305" / "seq_a" / "capture.json").read_text())
+    meta["depth_scale_mm"] = 1.0  # the sensor's 0.125 mm units read as millimetres
+    root = _capture(tmp_path, meta)
+    shutil.copy(SAMPLES / "realsense_sr305" / "seq_a" / "30.png", root)
+    with pytest.raises(CaptureError, match="30.png: depths implausible"):
+        load_capture(root)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"depth_encoding": "float"}, "depth_encoding"),
+    ({"depth_scale_mm": 0}, "depth_scale_mm"),
+    ({"hand": "both"}, "hand must be"),
+    ({"intrinsics": {"fx": 475}}, "intrinsics lack"),
+    ({"labels": "l.txt", "label_joints": "nyu36"}, "label_joints"),
+])
+def test_bad_capture_json(tmp_path, change, message):
+    with pytest.raises(CaptureError, match=message):
+        load_capture(_capture(tmp_path, dict(META, **change), {"0.png": _hand_frame()}))
+
+
+def test_frame_size_must_match_intrinsics(tmp_path):
+    cap = load_capture(_capture(tmp_path, dict(META, intrinsics=dict(META["intrinsics"], width=320, height=240)),
+                                {"0.png": _hand_frame()}), check_units=False)
+    with pytest.raises(CaptureError, match="640x480 but capture.json says 320x240"):
+        cap.depth_mm(0)
