@@ -1,0 +1,93 @@
+"""A forearm stub attached at the wrist.
+
+Real depth captures always show the forearm leaving the hand; a hand that ends at the wrist is an
+artefact a network can learn to rely on (and the hand mesh is open there). The stub is a tapered
+tube with an elliptic cross-section: flat like a real forearm (wider across the palm than through
+it), starting 1 cm inside the palm so that it closes the wrist opening, and pointing away from the
+fingers with a random wrist bend. Its length (12 to 18 cm by default) reaches past the 150 mm half
+cube of the standard NYU crop around the palm centre, so crops look like real ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from hand_models.joints import JOINT_INDEX
+
+RINGS = 6      # cross-sections along the tube
+SEGMENTS = 16  # vertices per cross-section
+
+
+@dataclass(frozen=True)
+class ForearmParams:
+    """Per-sample forearm shape; angles in degrees, lengths in metres."""
+
+    length: float
+    flexion_deg: float    # wrist bend towards the palm (+) or the back of the hand (-)
+    deviation_deg: float  # wrist bend towards the thumb (+) or the little finger (-)
+    width_scale: float    # cross-section relative to the hand's knuckle width
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> "ForearmParams":
+        return cls(length=float(rng.uniform(0.12, 0.18)), flexion_deg=float(rng.uniform(-30, 30)),
+                   deviation_deg=float(rng.uniform(-15, 15)), width_scale=float(rng.uniform(0.85, 1.0)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rotate(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
+    """Rodrigues rotation of vector v about unit axis."""
+    a = np.deg2rad(deg)
+    return v * np.cos(a) + np.cross(axis, v) * np.sin(a) + axis * np.dot(axis, v) * (1 - np.cos(a))
+
+
+def _faces() -> np.ndarray:
+    faces = []
+    for r in range(RINGS - 1):
+        for s in range(SEGMENTS):
+            a, b = r * SEGMENTS + s, r * SEGMENTS + (s + 1) % SEGMENTS
+            faces += [(a, b, a + SEGMENTS), (b, b + SEGMENTS, a + SEGMENTS)]
+    cap = RINGS * SEGMENTS  # centre of the elbow-side end cap
+    last = (RINGS - 1) * SEGMENTS
+    faces += [(last + (s + 1) % SEGMENTS, last + s, cap) for s in range(SEGMENTS)]
+    return np.asarray(faces, dtype=np.int64)
+
+
+FACES = _faces()
+
+
+def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
+    """Vertices (RINGS * SEGMENTS + 1, 3) of the stub for one posed hand; faces are FACES.
+
+    `joints` are the 21 joints (metres) in hand_models.joints order; the stub only uses the wrist
+    and the index, middle and pinky knuckles, so it follows the hand wherever the pose puts it.
+    """
+    wrist = joints[JOINT_INDEX["wrist"]]
+    palm_dir = joints[JOINT_INDEX["middle_mcp"]] - wrist
+    palm_len = np.linalg.norm(palm_dir)
+    palm_dir = palm_dir / palm_len
+    across = joints[JOINT_INDEX["index_mcp"]] - joints[JOINT_INDEX["pinky_mcp"]]
+    knuckle_width = np.linalg.norm(across)
+    across = across - palm_dir * np.dot(across, palm_dir)
+    across /= np.linalg.norm(across)
+    normal = np.cross(palm_dir, across)  # through the palm
+    axis = -palm_dir
+    axis = _rotate(axis, across, params.flexion_deg)
+    axis = _rotate(axis, normal, params.deviation_deg)
+    side = across - axis * np.dot(across, axis)
+    side /= np.linalg.norm(side)
+    up = np.cross(axis, side)
+
+    start = wrist + palm_dir * min(0.01, 0.25 * palm_len)
+    t = np.linspace(0.0, 1.0, RINGS)
+    centres = start[None, :] + (t * params.length)[:, None] * axis[None, :]
+    half_width = 0.5 * knuckle_width * params.width_scale * (0.85 + 0.2 * t)  # wrist narrower
+    half_thick = 0.65 * half_width
+    phi = np.linspace(0.0, 2 * np.pi, SEGMENTS, endpoint=False)
+    ring = (np.cos(phi)[None, :, None] * half_width[:, None, None] * side
+            + np.sin(phi)[None, :, None] * half_thick[:, None, None] * up)
+    verts = (centres[:, None, :] + ring).reshape(-1, 3)
+    return np.concatenate([verts, centres[-1:]], 0)

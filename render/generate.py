@@ -1,0 +1,325 @@
+"""Running a render job: plan, resume, worker processes, manifests, slices and merging.
+
+State kept in the output folder (besides the shards and manifest, see docs/data_format.md):
+
+    DIR/.render-hands/dataset.json        identity of the dataset being written (RenderConfig +
+                                          hand model and pose file checksums)
+    DIR/.render-hands/shard-000000.json   record of a finished shard: name, count, sha256
+
+A shard counts as done when its tar and its record exist and the tar's sha256 matches the record;
+anything else is rendered (again). Every file is written under a temporary name and renamed, so a
+killed run leaves either a finished shard or nothing under the shard's name, and a rerun of the
+same command finishes exactly the missing shards.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hand_models.joints import JOINT_NAMES, NYU14_NAMES
+from render.dataset import GENERATOR, GENERATOR_VERSION, POSE_BLOCK, RenderConfig
+from render.shards import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, ShardRecord, ShardWriter,
+                           sha256_file, shard_name, write_json_atomic)
+
+STATE_DIR = ".render-hands"
+IDENTITY = "dataset.json"
+SLICE_MANIFEST = "manifest.slice-{index:05d}-of-{count:05d}.json"
+
+
+class JobError(ValueError):
+    """A job cannot start or finish as asked; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Shards [start, stop) of the dataset, the part of --shard-index i --num-shards k."""
+
+    index: int
+    count: int
+    start: int
+    stop: int
+
+    @classmethod
+    def of(cls, num_shards: int, index: int = 0, count: int = 1) -> "Slice":
+        if count < 1 or not 0 <= index < count:
+            raise JobError(f"--shard-index must be in 0..{count - 1} for --num-shards {count}, got {index}")
+        return cls(index, count, index * num_shards // count, (index + 1) * num_shards // count)
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+
+@dataclass
+class Job:
+    config: RenderConfig
+    out: Path
+    identity: dict
+    part: Slice
+    command: str
+
+    @property
+    def state(self) -> Path:
+        return self.out / STATE_DIR
+
+    def record_path(self, shard: int) -> Path:
+        return self.state / f"shard-{shard:06d}.json"
+
+    def done(self, shard: int) -> ShardRecord | None:
+        """The shard's record if its tar is complete and intact, else None."""
+        rec_path, tar = self.record_path(shard), self.out / shard_name(shard)
+        if not (rec_path.is_file() and tar.is_file()):
+            return None
+        try:
+            rec = ShardRecord(**json.loads(rec_path.read_text()))
+        except (ValueError, TypeError):
+            return None
+        lo, hi = self.config.shard_range(shard)
+        if rec.name != tar.name or rec.count != hi - lo or sha256_file(tar) != rec.sha256:
+            return None
+        return rec
+
+    def pending(self) -> list[int]:
+        return [s for s in range(self.part.start, self.part.stop) if self.done(s) is None]
+
+
+def existing_identity(out: Path) -> dict | None:
+    path = out / STATE_DIR / IDENTITY
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise JobError(f"{path}: unreadable dataset record; use --overwrite to start afresh") from None
+
+
+def _owned(out: Path) -> list[Path]:
+    """Files in DIR that a render-hands dataset consists of (what --overwrite removes)."""
+    files = [p for p in out.glob("shard-*.tar")] + [p for p in out.glob(".shard-*.tar.tmp-*")]
+    files += [p for p in out.glob("manifest*.json")]
+    return files
+
+
+def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, command: str,
+            overwrite: bool, dry_run: bool = False) -> Job:
+    """Check DIR against the dataset to write; refuse a different one unless `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise JobError(f"{out}: exists and is not a directory")
+    previous = existing_identity(out) if out.is_dir() else None
+    if not overwrite and out.is_dir():
+        if previous is not None and previous != identity:
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            raise JobError(f"{out}: holds a different dataset (differs in {', '.join(changed)}); "
+                           "use --overwrite to replace it or choose another --out")
+        if previous is None and _owned(out):
+            raise JobError(f"{out}: holds shards of an unknown dataset; use --overwrite to replace them")
+    job = Job(config, out, identity, part, command)
+    if dry_run:
+        return job
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise JobError(f"{out}: cannot write there ({err.strerror or err})") from None
+    if overwrite and previous != identity:
+        for path in _owned(out):
+            path.unlink()
+        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    job.state.mkdir(exist_ok=True)
+    write_json_atomic(job.state / IDENTITY, identity)
+    for shard in range(part.start, part.stop):  # leftovers of killed runs of this slice
+        for tmp in out.glob(f".{shard_name(shard)}.tmp-*"):
+            tmp.unlink()
+    return job
+
+
+# --- workers ---------------------------------------------------------------------------------
+_worker = None
+_progress = None
+
+
+def _init_worker(config: RenderConfig, progress) -> None:
+    global _worker, _progress
+    from render.dataset import Synthesizer
+    _worker, _progress = Synthesizer(config), progress
+
+
+def _render_shard(out: str, shard: int) -> dict:
+    lo, hi = _worker.config.shard_range(shard)
+    with ShardWriter(Path(out), shard) as writer:
+        done = 0
+        for key, files in _worker.samples(lo, hi):
+            writer.add(key, files)
+            done += 1
+            if done % 64 == 0:
+                _progress.put(64)
+        _progress.put(done % 64)
+        return writer.close().to_dict()
+
+
+def run(job: Job, workers: int, show_progress: bool = True) -> dict:
+    """Render the pending shards of the job's slice and write its manifest; returns it."""
+    from tqdm import tqdm
+
+    pending = job.pending()
+    cfg = job.config
+    total = sum(cfg.shard_range(s)[1] - cfg.shard_range(s)[0] for s in pending)
+    bar = tqdm(total=total, unit="frame", disable=not show_progress, smoothing=0.05,
+               desc=f"render-hands {job.out.name}")
+    records: dict[int, dict] = {}
+
+    def finish(shard: int, record: dict) -> None:
+        write_json_atomic(job.record_path(shard), record)
+        records[shard] = record
+
+    workers = max(1, min(workers, len(pending))) if pending else 1
+    if workers == 1:
+        progress: "queue.SimpleQueue[int]" = queue.SimpleQueue()
+        _init_worker(cfg, progress)
+        try:
+            for shard in pending:
+                finish(shard, _render_shard(str(job.out), shard))
+                while not progress.empty():
+                    bar.update(progress.get())
+        finally:
+            _worker.close()
+    else:
+        ctx = mp.get_context("spawn")  # fresh processes: GL contexts and torch threads do not fork well
+        progress = ctx.Queue()
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, progress)) as pool:
+            results = {s: pool.apply_async(_render_shard, (str(job.out), s)) for s in pending}
+            while results:
+                try:
+                    bar.update(progress.get(timeout=0.5))
+                except queue.Empty:
+                    pass
+                for shard in [s for s, r in results.items() if r.ready()]:
+                    finish(shard, results.pop(shard).get())
+            while True:
+                try:
+                    bar.update(progress.get_nowait())
+                except queue.Empty:
+                    break
+    bar.close()
+    return write_manifest(job)
+
+
+def manifest_for(job: Job, records: list[dict]) -> dict:
+    cfg = job.config
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "count": sum(r["count"] for r in records),
+        "shards": records,
+        "joint_names": list(JOINT_NAMES),
+        "nyu14_names": list(NYU14_NAMES),
+        "coordinates": "OpenCV camera: x right, y down, z forward; xyz in mm, uv in full-frame pixels",
+        "intrinsics": cfg.camera.to_dict(),
+        "camera_source": cfg.camera_source,
+        "seed": cfg.seed,
+        "rng": {"pose_block": POSE_BLOCK,
+                "poses": "default_rng([seed, index // pose_block, 0])",
+                "placement": "default_rng([seed, index, 1])",
+                "sensor": "default_rng([seed, index, 2])"},
+        "hand_model": {"id": job.identity["hand_model_id"], "checksum": job.identity["hand_model_checksum"]},
+        "poses": cfg.poses if cfg.poses == "prior" else {"file": cfg.poses,
+                                                         "sha256": job.identity["poses_checksum"]},
+        "sensor": cfg.sensor,
+        "views": cfg.views,
+        "forearm": cfg.forearm,
+        "distance_mm": list(cfg.distance_mm),
+        "shard_size": cfg.shard_size,
+        "generator": {"name": GENERATOR, "version": GENERATOR_VERSION},
+        "command": job.command,
+    }
+
+
+def write_manifest(job: Job) -> dict:
+    """manifest.json for a whole run; a slice manifest for one slice of a distributed run."""
+    records = []
+    for shard in range(job.part.start, job.part.stop):
+        rec = job.done(shard)
+        if rec is None:
+            raise JobError(f"{job.out / shard_name(shard)}: missing or corrupt after rendering")
+        records.append(rec.to_dict())
+    manifest = manifest_for(job, records)
+    if job.part.whole:
+        write_json_atomic(job.out / MANIFEST, manifest)
+    else:
+        manifest["slice"] = {"index": job.part.index, "count": job.part.count,
+                             "shards": [job.part.start, job.part.stop]}
+        write_json_atomic(job.out / SLICE_MANIFEST.format(index=job.part.index, count=job.part.count),
+                          manifest)
+    return manifest
+
+
+def merge(out: Path, sources: list[Path]) -> dict:
+    """Combine the slice manifests of one dataset into DIR/manifest.json.
+
+    Slices may have been written into `out` itself or into separate folders (`sources`); shards
+    from other folders are moved into `out`. Every shard of the dataset must be present once,
+    with the checksum its slice recorded.
+    """
+    out = Path(out)
+    slices = []
+    for folder in [out] + [Path(s) for s in sources]:
+        for path in sorted(folder.glob("manifest.slice-*-of-*.json")):
+            try:
+                slices.append((folder, path, json.loads(path.read_text())))
+            except ValueError as err:
+                raise JobError(f"{path}: unreadable slice manifest ({err})") from None
+    if not slices:
+        raise JobError(f"{out}: no slice manifests (manifest.slice-*.json) to merge")
+    first = slices[0][2]
+    keys = ("format", "format_version", "intrinsics", "seed", "hand_model", "poses", "sensor",
+            "views", "forearm", "distance_mm", "shard_size", "generator")
+    count = first["slice"]["count"]
+    seen: dict[int, tuple[Path, dict]] = {}
+    for folder, path, m in slices:
+        diff = [k for k in keys if m.get(k) != first.get(k)]
+        if diff or m["slice"]["count"] != count:
+            raise JobError(f"{path}: belongs to a different dataset than {slices[0][1]} "
+                           f"(differs in {', '.join(diff) or 'num_shards'})")
+        if m["slice"]["index"] in seen:
+            continue
+        seen[m["slice"]["index"]] = (folder, m)
+    missing = sorted(set(range(count)) - set(seen))
+    if missing:
+        raise JobError(f"{out}: slices {', '.join(map(str, missing))} of {count} have no manifest yet")
+    records = []
+    for index in range(count):
+        folder, m = seen[index]
+        for rec in m["shards"]:
+            src = folder / rec["name"]
+            if not src.is_file() or sha256_file(src) != rec["sha256"]:
+                raise JobError(f"{src}: missing or its sha256 differs from the slice manifest")
+            if folder.resolve() != out.resolve():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(src), out / rec["name"])
+            records.append(rec)
+    manifest = {k: v for k, v in first.items() if k != "slice"}
+    manifest["shards"] = records
+    manifest["count"] = sum(r["count"] for r in records)
+    manifest["merged_from"] = [str(p) for _, p, _ in slices]
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def command_line() -> str:
+    return shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])
+
+
+def estimate_bytes(config: RenderConfig) -> float:
+    """Expected output size for the dry run (bytes per frame measured with this renderer)."""
+    return config.n * config.views * (7.5e3 if config.sensor == "clean" else 10e3)
