@@ -67,6 +67,7 @@ _TILE_PERIOD = 512
 _TILE_PAD = 640
 _TILE_SEED = 20121203  # fixed: the tiles are part of the model; per-frame randomness is the offsets
 _MAX_SHIFT_PX = 2      # rounded shifts are clipped so a gather never leaves a 2-pixel margin
+_STRIP_PIXELS = 24576  # pixels per strip of rows: temporaries stay under malloc's mmap threshold
 
 
 @dataclass(frozen=True)
@@ -130,18 +131,35 @@ def _kinect(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int], rng: 
     m = _MAX_SHIFT_PX
     r0, r1 = max(valid_rows[0] - m, 0), min(valid_rows[-1] + m + 1, depth_m.shape[0])
     c0, c1 = max(valid_cols[0] - m, 0), min(valid_cols[-1] + m + 1, depth_m.shape[1])
-    z = depth_m[r0:r1, c0:c1]
+    z = np.ascontiguousarray(depth_m[r0:r1, c0:c1])
     h, w = z.shape
     u0, v0 = origin[0] + c0, origin[1] + r0
     tiles = _tiles(p)
-    step_u, step_v, disparity_noise, drop, holes = (
-        _window(tile, (int(off[0]), int(off[1])), u0, v0, h, w) for tile, off in zip(
-            (tiles.step_u, tiles.step_v, tiles.disparity, tiles.drop, tiles.holes), offsets))
+    noise = [_window(tile, (int(off[0]), int(off[1])), u0, v0, h, w) for tile, off in zip(
+        (tiles.step_u, tiles.step_v, tiles.disparity, tiles.drop, tiles.holes), offsets)]
+    # The window border repeats itself (mode "edge"), so cutting a window invents no edge.
+    padded = np.pad(z, 1, mode="edge")
+    rx = ((np.arange(u0, u0 + w) - cam.cx) / cam.fx).astype(np.float32)
+    ry = ((np.arange(v0, v0 + h) - cam.cy) / cam.fy).astype(np.float32)[:, None]
+    # Strips of rows keep every temporary small: large ones come from fresh pages each call and the
+    # page faults would cost more than the arithmetic.
+    rows = max(1, _STRIP_PIXELS // w)
+    crop = out[r0:r1, c0:c1]
+    for s in range(0, h, rows):
+        e = min(s + rows, h)
+        crop[s:e] = _kinect_rows(padded[s:e + 2], z, s, rx, ry[s:e], [n[s:e] for n in noise], cam, p)
+    return out
+
+
+def _kinect_rows(padded: np.ndarray, z_all: np.ndarray, row0: int, rx: np.ndarray, ry: np.ndarray,
+                 noise: list[np.ndarray], cam: Intrinsics, p: KinectV1) -> np.ndarray:
+    """Kinect artefacts for rows row0.. of the crop; `padded` holds those rows and one more each side."""
+    step_u, step_v, disparity_noise, drop, holes = noise
+    z = padded[1:-1, 1:-1]
+    h, w = z.shape
     valid = z > 0
 
-    # Discontinuities: a 4-neighbour more than edge_jump_m nearer or farther, or background. The
-    # window border repeats itself (mode "edge"), so cutting a window invents no edge.
-    padded = np.pad(z, 1, mode="edge")
+    # Discontinuities: a 4-neighbour more than edge_jump_m nearer or farther, or background.
     left, right, up, down = padded[1:-1, :-2], padded[1:-1, 2:], padded[:-2, 1:-1], padded[2:, 1:-1]
     lo = np.minimum(np.minimum(left, right), np.minimum(up, down))
     hi = np.maximum(np.maximum(left, right), np.maximum(up, down))
@@ -150,12 +168,8 @@ def _kinect(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int], rng: 
     # Incidence angle from the exact surface. With the ray r = (rx, ry, 1) and z_u, z_v the depth
     # derivatives per pixel, n ∝ (-z_u fx, -z_v fy, z_u fx rx + z_v fy ry + z) and n·r ∝ z, so
     # cos(incidence) = z / (|n| |r|).
-    grad_u = right - left                      # 2 z_u
-    grad_v = down - up                         # 2 z_v
-    a = grad_u * np.float32(0.5 * cam.fx)
-    b = grad_v * np.float32(0.5 * cam.fy)
-    rx = ((np.arange(u0, u0 + w) - cam.cx) / cam.fx).astype(np.float32)
-    ry = ((np.arange(v0, v0 + h) - cam.cy) / cam.fy).astype(np.float32)[:, None]
+    a = (right - left) * np.float32(0.5 * cam.fx)
+    b = (down - up) * np.float32(0.5 * cam.fy)
     nz = a * rx + b * ry + z
     norm2 = (a * a + b * b + nz * nz) * (rx * rx + ry * ry + np.float32(1.0))
     cos_inc = z / np.sqrt(norm2 + np.float32(1e-12))
@@ -164,14 +178,16 @@ def _kinect(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int], rng: 
     p_graze = np.clip((cos_start - cos_inc) * np.float32(256 / (cos_start - cos_full)), 0, 256)
     # On a discontinuity the finite-difference normal means nothing; the edge rule decides there.
     p_drop = np.where(edge, np.float32(256 * p.edge_drop_prob), p_graze)
-    keep = valid & (drop >= p_drop)
+    keep = valid & (drop >= p_drop) & ~holes
 
     # Speckle-position jitter (simkinect): on a discontinuity the sample comes from the pixel the
     # shift lands on, which frays silhouettes the way a correlation window does. On smooth surfaces
     # the sensor's ~9x9 correlation window averages the jitter away (simkinect's filterDisp), so
     # there the disparity noise below stands for all per-pixel error.
-    index = np.arange(h * w, dtype=np.int32).reshape(h, w) + step_u + step_v.astype(np.int32) * w
-    sampled = np.where(edge, np.take(z.ravel(), index, mode="clip"), z)
+    width = z_all.shape[1]
+    index = (np.arange(row0 * width, (row0 + h) * width, dtype=np.int32).reshape(h, w)
+             + step_u + step_v.astype(np.int32) * width)
+    sampled = np.where(edge, np.take(z_all.ravel(), index, mode="clip"), z)
     keep &= sampled > 0
 
     # Disparity noise and quantisation to 1/8 px (Khoshelham & Elberink 2012; simkinect).
@@ -184,14 +200,12 @@ def _kinect(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int], rng: 
         # The projector sits right of the IR camera (+u), so a nearer surface at u + j hides the
         # pattern from a farther one at u when its disparity (in image pixels) exceeds by >= j:
         # shadowed(u) <=> max_{u' > u} (d(u') - u') + u >= d(u) + 1/2, a reversed running max.
-        cols = np.arange(w, dtype=np.float32)
-        d_img = np.float32(p.baseline_m * cam.fx) / np.where(keep, sampled, np.inf) - cols
+        # The exact surface casts the shadow, whether or not its own depth was lost.
+        d_img = np.float32(p.baseline_m * cam.fx) / np.where(valid, z, np.inf) - np.arange(w, dtype=np.float32)
         reach = np.maximum.accumulate(d_img[:, ::-1], axis=1)[:, ::-1]
         keep[:, :-1] &= reach[:, 1:] < d_img[:, :-1] + np.float32(0.5)
 
-    keep &= ~holes
-    out[r0:r1, c0:c1] = np.rint(np.minimum(depth_mm, _MAX_MM)) * keep
-    return out
+    return np.rint(np.minimum(depth_mm, _MAX_MM)) * keep
 
 
 SensorModel = Callable[[np.ndarray, Intrinsics, tuple[int, int], np.random.Generator], np.ndarray]
