@@ -37,7 +37,8 @@ from PIL import Image
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.camera import Intrinsics
 from training.evaluate import load_uvd
-from training.localize import HandLocation, LocalizeError, locate_hand
+from training.crop import AugmentParams, Crop, CropConfig, crop_hand
+from training.localize import HandLocation, LocalizeError, centre_from_labels, locate_hand
 
 DEPTH_ENCODINGS = ("uint16", "nyu_rgb")
 LABEL_JOINTS: dict[str, tuple[str, ...]] = {"nyu14": NYU14_NAMES, "21": JOINT_NAMES}
@@ -86,6 +87,18 @@ class Capture:
             return locate_hand(self.depth_mm(index), self.intrinsics)
         except LocalizeError as err:
             raise CaptureError(f"{self.frames[index]}: {err}") from None
+
+    def crop(self, index: int, config: CropConfig = CropConfig(), augment: AugmentParams = AugmentParams(),
+             centre_uvd: np.ndarray | None = None) -> Crop:
+        """Frame `index` through the shared crop, around `centre_uvd` or, if not given, the
+        labelled palm centre of a labelled capture or else the detected hand centre."""
+        if centre_uvd is None:
+            if self.labels_uvd is not None:
+                centre_uvd = centre_from_labels(self.labels_uvd[index], self.label_joints, self.intrinsics)
+            else:
+                centre_uvd = self.locate(index).centre_uvd
+        labels = None if self.labels_uvd is None else self.labels_uvd[index]
+        return crop_hand(self.depth_mm(index), self.intrinsics, centre_uvd, labels, config, augment)
 
     def check_units(self, indices: list[int] | None = None) -> None:
         """Refuse the capture if a checked frame's hand has an implausible distance or size.

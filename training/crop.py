@@ -30,6 +30,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from hand_models.joints import NYU14_NAMES
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 
 
@@ -180,3 +181,18 @@ def crop_hand(depth_mm: np.ndarray, cam: Intrinsics, centre_uvd: np.ndarray,
     if labels_uvd is not None:
         labels = geo.normalise_uvd(labels_uvd).astype(np.float32)
     return Crop(image=image, labels=labels, geometry=geo)
+
+
+def crop_shard_sample(sample: dict, config: CropConfig = CropConfig(),
+                      augment: AugmentParams = AugmentParams(), joints: str = "nyu14") -> Crop:
+    """Crop a decoded render-hands sample (render.shards.decode_sample) around its palm centre.
+
+    joints: which labels to normalise, "nyu14" (nyu14_uvd) or "21" (joints_uvd); the centre is
+    the NYU-14 palm centre either way, the point real labelled frames are cropped around.
+    """
+    cam = Intrinsics.from_dict(sample["intrinsics"])
+    nyu14 = np.asarray(sample["nyu14_uvd"], dtype=np.float64)
+    labels = nyu14 if joints == "nyu14" else np.asarray(sample["joints_uvd"], dtype=np.float64)
+    centre = nyu14[NYU14_NAMES.index("palm_center")]
+    return crop_hand(sample["depth"], cam, centre, labels, config, augment,
+                     origin=tuple(sample["crop_origin"]))

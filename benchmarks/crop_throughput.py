@@ -1,0 +1,101 @@
+"""Crops per second on one core, for render-hands shards and for real captures.
+
+The crop feeds a GPU from CPU data-loader workers, so what matters is how many network inputs
+one worker process makes per second. Measured single-threaded, end to end (read + decode + centre
++ crop + augment) and for the crop alone:
+
+    python benchmarks/crop_throughput.py --shards DIR --captures ../shared/real_samples
+
+Prints a markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: what one data-loader worker gets
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from render.shards import decode_sample, iter_shard, read_manifest
+from training.captures import load_capture
+from training.crop import Augmentation, crop_hand, crop_shard_sample
+from training.localize import locate_hand
+
+
+def _rate(fn, items: list, min_seconds: float) -> float:
+    """Items per second of fn over items, repeated until min_seconds have passed."""
+    done, start = 0, time.perf_counter()
+    while True:
+        for item in items:
+            fn(item)
+        done += len(items)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return done / elapsed
+
+
+def bench_shards(root: Path, seconds: float, rng: np.random.Generator) -> dict[str, float]:
+    manifest = read_manifest(root)
+    raw = [files for shard in manifest["shards"] for _, files in iter_shard(root / shard["name"])]
+    decoded = [decode_sample(f) for f in raw]
+    augs = [Augmentation().sample(rng) for _ in decoded]
+    pairs = list(zip(decoded, augs))
+    return {
+        "decode (PNG + JSON)": _rate(decode_sample, raw, seconds),
+        "crop, no augmentation": _rate(lambda s: crop_shard_sample(s), decoded, seconds),
+        "crop + augmentation": _rate(lambda p: crop_shard_sample(p[0], augment=p[1]), pairs, seconds),
+        "end to end (decode + crop + augmentation)":
+            _rate(lambda p: crop_shard_sample(decode_sample(p[0]), augment=p[1]), list(zip(raw, augs)), seconds),
+        "_frames": len(raw),
+    }
+
+
+def bench_captures(root: Path, seconds: float, rng: np.random.Generator) -> dict[str, float]:
+    caps = [load_capture(p.parent) for p in sorted(root.rglob("capture.json"))]
+    frames = [(c, i) for c in caps for i in range(len(c))]
+    depth = [(c, c.depth_mm(i)) for c, i in frames]
+    centres = [c.locate(i).centre_uvd for c, i in frames]
+    aug = Augmentation().sample(rng)
+    return {
+        "decode (PNG)": _rate(lambda f: f[0].depth_mm(f[1]), frames, seconds),
+        "locate hand": _rate(lambda d: locate_hand(d[1], d[0].intrinsics), depth, seconds),
+        "crop + augmentation (centre known)":
+            _rate(lambda k: crop_hand(depth[k][1], depth[k][0].intrinsics, centres[k], augment=aug),
+                  list(range(len(depth))), seconds),
+        "end to end (decode + locate + crop + augmentation)":
+            _rate(lambda f: f[0].crop(f[1], augment=aug), frames, seconds),
+        "_frames": len(frames),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", type=Path, help="a render-hands output folder")
+    p.add_argument("--captures", type=Path, help="a folder holding capture folders (searched recursively)")
+    p.add_argument("--seconds", type=float, default=3.0, help="minimum time per measurement")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    rng = np.random.default_rng(args.seed)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    print(f"Machine: {cpu}, {os.cpu_count()} cores; numpy {np.__version__}; one process, "
+          f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; 128x128 crops, 300 mm cube; seed {args.seed}\n")
+    print("| input | stage | crops/s per core |")
+    print("|---|---|---|")
+    for name, root, bench in (("shards", args.shards, bench_shards), ("captures", args.captures, bench_captures)):
+        if root is None:
+            continue
+        res = bench(root, args.seconds, rng)
+        frames = res.pop("_frames")
+        for stage, rate in res.items():
+            print(f"| {name} ({frames} frames) | {stage} | {rate:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
