@@ -23,10 +23,12 @@ OPEN_HAND = Path(__file__).parent / "data" / "open_hand_right.npz"
 # Fingertip vertices of the official MANO mesh (smplx's ids), thumb, index, middle, ring, pinky.
 MANO_TIP_IDS = (744, 320, 443, 554, 671)
 _TIP_JOINTS = tuple(JOINT_INDEX[f"{f}_tip"] for f in ("thumb", "index", "middle", "ring", "pinky"))
-# NYU's palm centre sits this far along wrist -> middle MCP (fitted to the NYU test labels).
-PALM_CENTRE_FRACTION = 0.62
-# NYU's wrist points are on the sides of the wrist this far from the wrist joint towards the palm.
-WRIST_BAND_M = (0.0, 0.015)
+# Where NYU's labels sit, measured by fitting the NYU test labels (docs/hand_models.md): the palm
+# centre 0.66 of the way from the wrist to the middle MCP; the two wrist points inside the wrist,
+# at these fractions of the way from the wrist joint to the ulnar and radial skin.
+PALM_CENTRE_FRACTION = 0.66
+NYU_WRIST_FRACTION = (0.7, 0.45)
+WRIST_BAND_M = 0.005  # skin points within this distance of the wrist joint's cross-section
 
 
 @dataclass
@@ -113,13 +115,13 @@ class HandModel(torch.nn.Module):
 
     @staticmethod
     def _wrist_side_vertices(v: np.ndarray, j16: np.ndarray) -> np.ndarray:
-        """Ulnar and radial skin points at the wrist (NYU's two wrist labels)."""
+        """Ulnar and radial skin points at the wrist joint's cross-section."""
         forward = j16[4] - j16[0]
         forward /= np.linalg.norm(forward)
         lateral = j16[1] - j16[7]  # index MCP - pinky MCP: towards the thumb side
         lateral -= forward * (lateral @ forward)
         along = (v - j16[0]) @ forward
-        band = np.flatnonzero((along >= WRIST_BAND_M[0]) & (along <= WRIST_BAND_M[1]))
+        band = np.flatnonzero(np.abs(along) <= WRIST_BAND_M)
         if band.size == 0:
             band = np.argsort(np.abs(along))[:20]
         side = (v[band] - j16[0]) @ lateral
@@ -172,14 +174,14 @@ class HandModel(torch.nn.Module):
         return HandOutput(verts, joints, self._nyu14(joints, verts[:, 5], verts[:, 6]))
 
     def nyu14(self, vertices: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
-        """NYU's 14 evaluation joints from the 21 joints and two wrist skin points."""
+        """NYU's 14 evaluation joints from the 21 joints and the two wrist-side skin points."""
         return self._nyu14(joints, vertices[:, self.wrist_ids[0]], vertices[:, self.wrist_ids[1]])
 
     def _nyu14(self, joints: torch.Tensor, ulnar: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
         wrist, middle_mcp = joints[:, JOINT_INDEX["wrist"]], joints[:, JOINT_INDEX["middle_mcp"]]
         extra = {
-            "wrist_ulnar": ulnar,
-            "wrist_radial": radial,
+            "wrist_ulnar": wrist + NYU_WRIST_FRACTION[0] * (ulnar - wrist),
+            "wrist_radial": wrist + NYU_WRIST_FRACTION[1] * (radial - wrist),
             "palm_center": wrist + PALM_CENTRE_FRACTION * (middle_mcp - wrist),
         }
         return torch.stack([extra[n] if n in extra else joints[:, JOINT_INDEX[n]] for n in NYU14_NAMES], 1)
