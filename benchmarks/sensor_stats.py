@@ -5,9 +5,10 @@ The same measurement runs on both: hand = pixels within 150 mm of the nearest va
 (disparity quantisation), the residual to a 5x5 median at pixels whose whole 5x5 window lies in the
 hand (surface noise, not edges), and the fraction of zero pixels inside the filled silhouette
 (holes). The synthetic hand is ray-cast analytically (an ellipsoid palm, sphere-swept fingers and a
-forearm stub) with NYU intrinsics at NYU's distances, so the script needs no renderer.
+forearm stub) with NYU intrinsics at NYU's distances, an open hand like the NYU frame's; a
+further column measures the project's rendered hand in random prior poses (self-occlusion).
 
-    python benchmarks/sensor_stats.py [--frames 20] [--figure docs/sensor_kinect.png]
+    python benchmarks/sensor_stats.py [--frames 20] [--rendered 16] [--figure docs/sensor_kinect.png]
 """
 
 from __future__ import annotations
@@ -142,6 +143,19 @@ def synthetic_hand(cam: Intrinsics = NYU_KINECT, centre_mm=(-125.0, 20.0, 783.0)
     return (depth / 1000.0).astype(np.float32)
 
 
+def rendered_hands(n: int, seed: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Exact depth windows of the project's own hand (pose prior, forearm) with the palm at 730-800 mm."""
+    from render.dataset import RenderConfig, Synthesizer
+
+    synth = Synthesizer(RenderConfig(n=n, seed=seed, distance_mm=(730.0, 800.0)))
+    try:
+        posed = synth.pose_chunk(0, n)
+        depth = synth.render_chunk(posed)
+    finally:
+        synth.close()
+    return [(d[0], (p.windows[0].u0, p.windows[0].v0)) for p, d in zip(posed, depth)]
+
+
 # --- report --------------------------------------------------------------------------------------
 
 def _time_ms(fn, repeats: int) -> float:
@@ -210,6 +224,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=20, help="synthetic kinect frames (different seeds)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rendered", type=int, default=16,
+                    help="also measure this many frames of the project's hand (render.dataset); 0 = skip")
     ap.add_argument("--figure", type=Path, default=Path("docs/sensor_kinect.png"))
     ap.add_argument("--repeats", type=int, default=200, help="timing repeats (median reported)")
     args = ap.parse_args()
@@ -227,6 +243,15 @@ def main() -> None:
         print(f"{NYU_FRAME}: absent, real column skipped")
     rows.append(("synthetic, clean", [hand_stats(clean)]))
     rows.append((f"synthetic, kinect ({args.frames} seeds)", [hand_stats(k) for k in kinect]))
+    if args.rendered:
+        try:
+            windows = rendered_hands(args.rendered, args.seed)
+        except (ImportError, RuntimeError, OSError) as err:
+            print(f"rendered hands skipped: {err}")
+        else:
+            rows.append((f"rendered hand, kinect ({args.rendered} prior poses)",
+                         [hand_stats(apply_sensor(d, NYU_KINECT, o, "kinect", rng).astype(np.int64))
+                          for d, o in windows]))
 
     keys = [("near_mm", "near mm", 0), ("far_mm", "far mm", 0), ("pixels", "pixels", 0),
             ("distinct", "distinct values", 1), ("distinct_per_100mm", "distinct / 100 mm", 1),
