@@ -6,13 +6,13 @@ before they are written. `apply_sensor` is the one entry point; `SENSORS` maps e
 its model so that more can be added beside Kinect v1.
 
 Window invariance: the renderer may render only a window around the hand. Every random number
-here is a hash of (per-frame seed, full-frame pixel u, v), never a draw whose position depends on
-the array shape, and the per-frame seed is one draw from the caller's generator. A window cut from
-a frame therefore gets the same artefacts as the full frame at the same pixels, except within a few
-pixels of the window border where neighbourhood operations (edges, normals, shifted sampling)
-cannot see beyond it, and for projector shadows cast by surfaces right of the window. With the
-hand fully inside the window and a background margin of 2 px or more, window and full frame agree
-exactly. Parameters and their sources: docs/sensor.md.
+here is read from fixed noise tiles at the full-frame pixel (u, v), shifted by offsets that are
+one draw from the caller's generator, never drawn in an order that depends on the array's shape.
+A window cut from a frame therefore gets the same artefacts as the full frame at the same pixels,
+except within 2 pixels of the window border where neighbourhood operations (edges, normals,
+shifted sampling) cannot see beyond it, and for projector shadows cast by surfaces right of the
+window. With the hand fully inside the window and a background margin of 2 px or more, window and
+full frame agree exactly. Parameters and their sources: docs/sensor.md.
 """
 
 from __future__ import annotations
@@ -47,9 +47,6 @@ class KinectV1:
     hole_seed_rate: float = 2e-5        # per-pixel chance of a small hole (a 5-pixel cross)
     shadow: bool = True                 # projector shadow left of nearer surfaces
 
-    def disparity_px(self, z_m: np.ndarray) -> np.ndarray:
-        return (self.baseline_m * self.native_focal_px) / z_m
-
     def depth_step_m(self, z_m: float) -> float:
         """Depth difference between neighbouring disparity levels at depth z."""
         return z_m**2 * self.disparity_step_px / (self.baseline_m * self.native_focal_px)
@@ -62,7 +59,7 @@ KINECT_V1 = KinectV1()
 # of the pixel and of one rng draw, never of the window. The tiles are padded by a wrapped copy so
 # that any window up to _TILE_PAD pixels is a plain slice (no copy). Each stream repeats every
 # _TILE_PERIOD pixels within a frame, but the streams' offsets are independent, so the joint pattern
-# does not. Memory: about 21 MB per process.
+# does not. Memory: 10 MiB per process and parameter set.
 _TILE_PERIOD = 512
 _TILE_PAD = 640
 _TILE_SEED = 20121203  # fixed: the tiles are part of the model; per-frame randomness is the offsets
