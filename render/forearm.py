@@ -3,7 +3,7 @@
 Real depth captures always show the forearm leaving the hand; a hand that ends at the wrist is an
 artefact a network can learn to rely on (and the hand mesh is open there). The stub is a tapered
 tube with an elliptic cross-section: flat like a real forearm (wider across the palm than through
-it), starting 1 cm inside the palm so that it closes the wrist opening, and pointing away from the
+it), starting 2 cm inside the palm so that it closes the wrist opening, and pointing away from the
 fingers with a random wrist bend. Its length (12 to 18 cm by default) reaches past the 150 mm half
 cube of the standard NYU crop around the palm centre, so crops look like real ones.
 """
@@ -45,14 +45,16 @@ def _rotate(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
 
 
 def _faces() -> np.ndarray:
+    """Counter-clockwise seen from outside (the renderer culls back faces); closed at both ends."""
     faces = []
     for r in range(RINGS - 1):
         for s in range(SEGMENTS):
             a, b = r * SEGMENTS + s, r * SEGMENTS + (s + 1) % SEGMENTS
             faces += [(a, b, a + SEGMENTS), (b, b + SEGMENTS, a + SEGMENTS)]
-    cap = RINGS * SEGMENTS  # centre of the elbow-side end cap
-    last = (RINGS - 1) * SEGMENTS
-    faces += [(last + (s + 1) % SEGMENTS, last + s, cap) for s in range(SEGMENTS)]
+    first, last = RINGS * SEGMENTS, RINGS * SEGMENTS + 1  # centres of the two end caps
+    top = (RINGS - 1) * SEGMENTS
+    faces += [((s + 1) % SEGMENTS, s, first) for s in range(SEGMENTS)]
+    faces += [(top + s, top + (s + 1) % SEGMENTS, last) for s in range(SEGMENTS)]
     return np.asarray(faces, dtype=np.int64)
 
 
@@ -60,7 +62,7 @@ FACES = _faces()
 
 
 def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
-    """Vertices (RINGS * SEGMENTS + 1, 3) of the stub for one posed hand; faces are FACES.
+    """Vertices (RINGS * SEGMENTS + 2, 3) of the stub for one posed hand; faces are FACES.
 
     `joints` are the 21 joints (metres) in hand_models.joints order; the stub only uses the wrist
     and the index, middle and pinky knuckles, so it follows the hand wherever the pose puts it.
@@ -81,13 +83,16 @@ def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
     side /= np.linalg.norm(side)
     up = np.cross(axis, side)
 
-    start = wrist + palm_dir * min(0.01, 0.25 * palm_len)
-    t = np.linspace(0.0, 1.0, RINGS)
-    centres = start[None, :] + (t * params.length)[:, None] * axis[None, :]
+    # The first ring sits inside the palm and the second at the wrist joint, both on the palm
+    # axis; the bend happens at the wrist, so the hand's open wrist is always covered.
+    t = np.linspace(0.0, 1.0, RINGS - 1)
+    centres = np.concatenate([(wrist + palm_dir * min(0.02, 0.3 * palm_len))[None],
+                              wrist[None, :] + (t * params.length)[:, None] * axis[None, :]])
+    t = np.concatenate([[0.0], t])
     half_width = 0.5 * knuckle_width * params.width_scale * (0.85 + 0.2 * t)  # wrist narrower
     half_thick = 0.65 * half_width
     phi = np.linspace(0.0, 2 * np.pi, SEGMENTS, endpoint=False)
     ring = (np.cos(phi)[None, :, None] * half_width[:, None, None] * side
             + np.sin(phi)[None, :, None] * half_thick[:, None, None] * up)
     verts = (centres[:, None, :] + ring).reshape(-1, 3)
-    return np.concatenate([verts, centres[-1:]], 0)
+    return np.concatenate([verts, centres[:1], centres[-1:]], 0)

@@ -140,6 +140,8 @@ class DepthRenderer:
 
     One instance owns one GL context; create one per process. Depth is returned in metres as
     float32 with 0 where no surface was hit. `znear`/`zfar` bound the depths that can be drawn.
+    Back faces are culled (pyrender's depth-only pass always culls), so meshes must wind their
+    triangles counter-clockwise seen from outside, as MANO and render.forearm do.
     """
 
     def __init__(self, atlas_width: int = 2048, atlas_height: int = 1024,

@@ -17,8 +17,8 @@ import numpy as np
 # (name, rotation axis in view-0 camera axes, angle in degrees)
 VIEWS: tuple[tuple[str, tuple[float, float, float], float], ...] = (
     ("front", (1.0, 0.0, 0.0), 0.0),
-    ("top", (1.0, 0.0, 0.0), -60.0),   # camera raised above the hand, looking down at it
-    ("side", (0.0, 1.0, 0.0), 60.0),   # camera moved to the side, looking across
+    ("top", (1.0, 0.0, 0.0), 60.0),    # camera raised above the hand (y up), looking down at it
+    ("side", (0.0, 1.0, 0.0), 60.0),   # camera moved to the right (+x), looking across
 )
 
 
