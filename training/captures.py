@@ -108,17 +108,19 @@ class Capture:
         if indices is None:
             indices = sorted({0, len(self) // 2, len(self) - 1})
         for i in indices:
-            loc = self.locate(i)
-            checks = {"nearest object": (loc.near_mm, PLAUSIBLE_NEAR_MM, "mm"),
-                      "palm width": (loc.palm_width_mm, PLAUSIBLE_PALM_WIDTH_MM, "mm"),
-                      "hand area": (loc.hand_area_mm2, PLAUSIBLE_HAND_AREA_MM2, "mm^2")}
-            bad = [f"{name} {value:.0f} {unit} (plausible {lo:.0f}-{hi:.0f})"
-                   for name, (value, (lo, hi), unit) in checks.items() if not lo <= value <= hi]
-            if bad:
-                raise CaptureError(
-                    f"{self.frames[i]}: depths implausible for a hand with depth_scale_mm="
-                    f"{self.depth_scale_mm:g}: {', '.join(bad)}; "
-                    f"check depth_scale_mm in {self.root / 'capture.json'}")
+            self.check_location(i, self.locate(i))
+
+    def check_location(self, index: int, loc: HandLocation) -> None:
+        """Refuse frame `index` if its detected hand is implausible (see check_units)."""
+        checks = {"nearest object": (loc.near_mm, PLAUSIBLE_NEAR_MM, "mm"),
+                  "palm width": (loc.palm_width_mm, PLAUSIBLE_PALM_WIDTH_MM, "mm"),
+                  "hand area": (loc.hand_area_mm2, PLAUSIBLE_HAND_AREA_MM2, "mm^2")}
+        bad = [f"{name} {value:.0f} {unit} (plausible {lo:.0f}-{hi:.0f})"
+               for name, (value, (lo, hi), unit) in checks.items() if not lo <= value <= hi]
+        if bad:
+            raise CaptureError(
+                f"{self.frames[index]}: depths implausible for a hand with depth_scale_mm="
+                f"{self.depth_scale_mm:g}: {', '.join(bad)}; check depth_scale_mm in {self.root / 'capture.json'}")
 
 
 def mirror_uvd(uvd: np.ndarray, width: int) -> np.ndarray:

@@ -143,9 +143,11 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
     z0 = float(near.min())
 
     # The object: measured pixels in the band behind the seed, connected to its near part.
-    band = valid & (d >= z0 - config.edge_mm) & (d <= z0 + config.band_mm)
+    band = valid & (d >= z0 - config.edge_mm - config.edge_rel * z0) & (d <= z0 + config.band_mm)
     objects, _ = ndimage.label(band, structure=np.ones((3, 3)))
-    obj_label = np.bincount(objects[(patches == seed) & (d <= z0)]).argmax()
+    seed_in_band = (patches == seed) & band
+    near_part = seed_in_band & (d <= z0)
+    obj_label = np.bincount(objects[near_part if near_part.any() else seed_in_band]).argmax()
     obj = objects == obj_label
     rows, cols = np.nonzero(obj)
     pts = _pixel_points(d, rows, cols, cam, stride)
@@ -184,7 +186,8 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
     r0, c0 = np.unravel_index(np.argmax(inside), inside.shape)
     radius = max(float(inside[r0, c0]), 1.0)
     r0, c0 = r0 + top - 1, c0 + left - 1
-    near_palm = keep & ((rows - r0) ** 2 + (cols - c0) ** 2 <= radius ** 2)
+    dist2 = (rows - r0) ** 2 + (cols - c0) ** 2
+    near_palm = keep & (dist2 <= max(radius ** 2, dist2[keep].min()))  # never empty, even over a filled hole
     palm_uvd = np.array([c0 * stride, r0 * stride, np.median(pts[near_palm, 2])])
     centre_xyz = uvd_to_xyz(palm_uvd, cam)
     centre_xyz = centre_xyz + config.surface_offset_mm * centre_xyz / np.linalg.norm(centre_xyz)
@@ -192,7 +195,7 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
     v = centre_xyz[1] * cam.fy / centre_xyz[2] + cam.cy
 
     mask = np.repeat(np.repeat(hand_small, stride, axis=0), stride, axis=1)[:cam.height, :cam.width]
-    mask &= depth_mm > 0
+    mask &= (depth_mm >= z0 - config.edge_mm - config.edge_rel * z0) & (depth_mm <= z0 + config.band_mm)  # full-res edges
     return HandLocation(
         centre_uvd=np.array([u, v, centre_xyz[2]]),
         mask=mask,

@@ -1,0 +1,159 @@
+"""inspect-shards: passes good data, names every broken shard or capture, draws pictures."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from render.shards import MANIFEST, ShardWriter, iter_shard, write_json_atomic
+from training.inspect import flexion_angles, main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SAMPLES = SHARED / "real_samples"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A small real render-hands output (two shards)."""
+    render_cli = pytest.importorskip("render.cli", reason="render-hands not available")
+    out = tmp_path_factory.mktemp("render") / "ds"
+    if render_cli.main(["--n", "6", "--out", str(out), "--workers", "1", "--shard-size", "3",
+                        "--sensor", "kinect", "--quiet"]) not in (0, None):
+        pytest.skip("render-hands could not render here")
+    return out
+
+
+@pytest.fixture
+def copy(dataset, tmp_path) -> Path:
+    target = tmp_path / "ds"
+    shutil.copytree(dataset, target)
+    return target
+
+
+def _rewrite(root: Path, shard: str, edit) -> None:
+    """Rewrite one shard with edit(key, files) applied, keeping the manifest consistent."""
+    samples = list(iter_shard(root / shard))
+    with ShardWriter(root, int(shard.split("-")[1].split(".")[0])) as w:
+        for key, files in samples:
+            edit(key, files)
+            w.add(key, files)
+        record = w.close()
+    manifest = json.loads((root / MANIFEST).read_text())
+    for r in manifest["shards"]:
+        if r["name"] == shard:
+            r.update(record.to_dict())
+    write_json_atomic(root / MANIFEST, manifest)
+
+
+def _run(capsys, *args) -> tuple[int, str, str]:
+    rc = main([*map(str, args), "--quiet"])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_good_dataset_passes_with_statistics_and_pictures(dataset, tmp_path, capsys):
+    rc, out, err = _run(capsys, dataset, "--out", tmp_path / "pics")
+    assert rc == 0, err
+    assert "6 frames, OK" in out and "hand distance" in out and "flexion index_pip" in out
+    names = sorted(p.name for p in (tmp_path / "pics").iterdir())
+    assert names == ["contact_sheet_synthetic_ds.png", "histograms.png", "network_inputs.png"]
+
+
+def test_checksum_mismatch_is_named(copy, tmp_path, capsys):
+    data = bytearray((copy / "shard-000001.tar").read_bytes())
+    data[600] ^= 0xFF
+    (copy / "shard-000001.tar").write_bytes(bytes(data))
+    rc, _, err = _run(capsys, copy, "--out", tmp_path / "p")
+    assert rc == 1 and "shard-000001.tar: sha256 differs" in err
+
+
+def test_eight_bit_png_is_named(copy, tmp_path, capsys):
+    def to_8bit(key, files):
+        if key.endswith("4"):
+            buf = io.BytesIO()
+            Image.fromarray(np.zeros((20, 20), np.uint8)).save(buf, format="PNG")
+            files["depth.png"] = buf.getvalue()
+
+    _rewrite(copy, "shard-000001.tar", to_8bit)
+    rc, _, err = _run(capsys, copy, "--out", tmp_path / "p")
+    assert rc == 1
+    assert "shard-000001.tar:000000004.depth.png: expected a 16-bit" in err
+    assert "sha256" not in err  # the manifest was kept consistent: only the real fault shows
+
+
+def test_joints_outside_image_and_bad_label_shape(copy, tmp_path, capsys):
+    def move(key, files):
+        label = json.loads(files["json"])
+        if key.endswith("0"):
+            label["joints_uvd"][3][0] += 1000.0
+        if key.endswith("1"):
+            label["nyu14_uvd"] = label["nyu14_uvd"][:13]
+        files["json"] = json.dumps(label).encode()
+
+    _rewrite(copy, "shard-000000.tar", move)
+    rc, _, err = _run(capsys, copy, "--out", tmp_path / "p")
+    assert rc == 1
+    assert "shard-000000.tar:000000000: 1 joints outside the 640x480 image" in err
+    assert "shard-000000.tar:000000001: nyu14_uvd has shape (13, 3)" in err
+
+
+def test_counts_missing_and_truncated_shards(copy, tmp_path, capsys):
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["count"] += 1
+    write_json_atomic(copy / MANIFEST, manifest)
+    data = (copy / "shard-000001.tar").read_bytes()
+    (copy / "shard-000001.tar").write_bytes(data[: len(data) // 3])
+    rc, _, err = _run(capsys, copy, "--out", tmp_path / "p")
+    assert rc == 1 and "manifest.json: count 7 but its shards hold 6" in err
+    assert "shard-000001.tar: " in err and "but the manifest says 3" in err
+    (copy / "shard-000000.tar").unlink()
+    rc, _, err = _run(capsys, copy, "--out", tmp_path / "p")
+    assert rc == 1 and "shard-000000.tar: missing" in err
+
+
+def test_not_a_dataset_or_capture(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _run(capsys, tmp_path / "empty")
+    assert rc == 2 and "empty: no manifest.json or capture.json" in err
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} absent (shared real samples)")
+def test_real_captures_pass_and_sit_beside_synthetic(dataset, tmp_path, capsys):
+    rc, out, err = _run(capsys, dataset, SAMPLES, "--out", tmp_path / "pics")
+    assert rc == 0, err
+    assert "detected centre to labelled palm centre" in out
+    pics = {p.name for p in (tmp_path / "pics").iterdir()}
+    assert {"contact_sheet_real_nyu.png", "contact_sheet_real_seq_a.png", "network_inputs.png"} <= pics
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} absent (shared real samples)")
+def test_broken_captures_are_named(tmp_path, capsys):
+    seq = SAMPLES / "realsense_sr305" / "seq_a"
+    bad = tmp_path / "seq"
+    shutil.copytree(seq, bad)
+    data = (bad / "50.png").read_bytes()
+    (bad / "50.png").write_bytes(data[: len(data) // 2])
+    meta = json.loads((bad / "capture.json").read_text())
+    rc, _, err = _run(capsys, bad, "--out", tmp_path / "p")
+    assert rc == 1 and "50.png: cannot decode" in err and err.count("inspect-shards:") == 1
+    meta["depth_scale_mm"] = 1.0
+    (bad / "capture.json").write_text(json.dumps(meta))
+    (bad / "50.png").unlink()
+    rc, _, err = _run(capsys, bad, "--out", tmp_path / "p")
+    assert rc == 1 and "30.png: depths implausible" in err and err.count("inspect-shards:") == 7
+
+
+def test_flexion_of_straight_and_bent_finger():
+    xyz = np.zeros((21, 3))
+    for f in range(5):
+        base = 1 + 4 * f
+        xyz[base:base + 4] = [[f * 20.0, -30.0 * (k + 1), 0] for k in range(4)]
+    assert np.allclose(flexion_angles(xyz)[[4, 5]], 0, atol=1e-6)  # index PIP, DIP straight
+    xyz[8] = xyz[7] + [0, 0, -30.0]  # index tip bent 90 deg at the DIP
+    assert flexion_angles(xyz)[5] == pytest.approx(90.0)
