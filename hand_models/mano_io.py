@@ -20,6 +20,7 @@ _ALLOWED = {
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("copyreg", "_reconstructor"), ("builtins", "object"),
+    ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
 }
 _SPARSE = {"csc_matrix", "csr_matrix", "coo_matrix"}
 
@@ -34,6 +35,10 @@ class _ChumpyArray:
         self.value = state.get("x") if isinstance(state, dict) else None
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if module.split(".")[0] == "chumpy":
@@ -44,7 +49,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module.startswith("scipy.sparse") and name in _SPARSE:
             import scipy.sparse
             return getattr(scipy.sparse, name)
-        raise pickle.UnpicklingError(f"refuses to load class {module}.{name} (a pickle is code)")
+        raise _Refused(f"refuses to load class {module}.{name} (a pickle is code)")
 
 
 def _to_numpy(value):
@@ -72,9 +77,9 @@ def read_model_arrays(path: Path) -> dict:
     if path.suffix == ".pkl":
         try:
             data = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
-        except pickle.UnpicklingError as err:
+        except _Refused as err:
             raise ValueError(f"{path}: {err}") from None
-        except (EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as err:
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not a readable MANO pickle ({type(err).__name__}: {err})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a MANO pickle holds a dict, this one a {type(data).__name__}")

