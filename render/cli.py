@@ -43,8 +43,15 @@ def _non_negative(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the full usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def render_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="render-hands", description=DESCRIPTION,
         epilog="Subcommand: 'render-hands merge DIR [SLICE_DIR ...]' combines the slice manifests "
                "of a --num-shards run into DIR/manifest.json (see 'render-hands merge --help'). "
@@ -98,7 +105,7 @@ def render_parser() -> argparse.ArgumentParser:
 
 
 def merge_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="render-hands merge",
         description="Combine the slice manifests of a dataset rendered with --shard-index/--num-shards "
                     "into one DIR/manifest.json, checking every shard's sha256.")
@@ -124,10 +131,7 @@ def build_job(args: argparse.Namespace) -> generate.Job:
     poses_checksum = None
     if args.poses != "prior":
         from hand_models.poses import load_pose_file
-        batch = load_pose_file(args.poses)
-        if batch.betas.shape[1] != model.num_betas:
-            raise ValueError(f"{args.poses}: betas have {batch.betas.shape[1]} entries, the hand "
-                             f"model {model.name} has {model.num_betas}")
+        load_pose_file(args.poses, model.num_betas)  # refuse a malformed file before any work
         poses_checksum = _sha256(Path(args.poses))
     identity = config.identity(model.checksum, poses_checksum)
     identity["hand_model_id"] = model.name

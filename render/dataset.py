@@ -118,7 +118,7 @@ class Synthesizer:
         self.library: PoseBatch | None = None
         if config.poses != "prior":
             from hand_models.poses import load_pose_file
-            self.library = load_pose_file(config.poses)
+            self.library, _ = load_pose_file(config.poses, self.model.num_betas)
         self.hand_faces = np.asarray(self.model.faces, dtype=np.int64)
         self.faces = self.hand_faces
         if config.forearm:

@@ -78,3 +78,15 @@ def create_platform(width: int, height: int):
     platform.init_context()
     platform.make_current()
     return platform
+
+
+def release_platform(platform) -> None:
+    """Destroy one context. pyrender's EGL delete_context also terminates the display, which
+    is shared by every EGL context of the process and would break the others."""
+    if os.environ.get("PYOPENGL_PLATFORM") == "egl":
+        from OpenGL.EGL import EGL_NO_CONTEXT, EGL_NO_SURFACE, eglDestroyContext, eglMakeCurrent
+        eglMakeCurrent(platform._egl_display, EGL_NO_SURFACE, EGL_NO_SURFACE, EGL_NO_CONTEXT)
+        eglDestroyContext(platform._egl_display, platform._egl_context)
+        platform._egl_context = platform._egl_display = None
+    else:
+        platform.delete_context()

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from render.camera import Intrinsics
-from render.gl import create_platform
+from render.gl import create_platform, release_platform
 
 SUBPIXEL = 256  # llvmpipe and NVIDIA rasterise on an 8-bit sub-pixel grid
 
@@ -161,7 +161,7 @@ class DepthRenderer:
         if self._renderer is not None:
             self._platform.make_current()
             self._renderer.delete()
-            self._platform.delete_context()
+            release_platform(self._platform)
             self._renderer = self._platform = None
 
     def __enter__(self) -> "DepthRenderer":
