@@ -142,6 +142,28 @@ def _grid(size: int) -> np.ndarray:
     return np.stack([gx.ravel(), gy.ravel()])
 
 
+def _sample_nearest(depth: np.ndarray, geo: "CropGeometry", origin: tuple[int, int]) -> np.ndarray:
+    """Depth (float32, flat, 0 = none) at the stored pixel nearest to each crop pixel's centre."""
+    h, w = depth.shape
+    size = geo.size
+    if geo.rotation_rad == 0.0:
+        # Axis-aligned: rows and columns separate, so index with two short vectors.
+        k = np.arange(size) - (size - 1) / 2.0
+        col = np.rint(geo.centre_uv[0] + geo.pixel_step[0] * k).astype(np.int64) - int(origin[0])
+        row = np.rint(geo.centre_uv[1] + geo.pixel_step[1] * k).astype(np.int64) - int(origin[1])
+        ok_c, ok_r = (col >= 0) & (col < w), (row >= 0) & (row < h)
+        d = depth[np.clip(row, 0, h - 1)[:, None], np.clip(col, 0, w - 1)[None, :]].astype(np.float32)
+        d *= ok_r[:, None] & ok_c[None, :]
+        return d.ravel()
+    m = geo._rot(1.0) * geo.pixel_step[None, :]
+    uv = m @ _grid(size) + (geo.centre_uv - np.asarray(origin, dtype=np.float64))[:, None]
+    idx = np.rint(uv).astype(np.int64)
+    col, row = np.clip(idx[0], 0, w - 1), np.clip(idx[1], 0, h - 1)
+    d = depth.ravel().take(row * w + col).astype(np.float32)
+    d *= (col == idx[0]) & (row == idx[1])
+    return d
+
+
 def crop_geometry(cam: Intrinsics, centre_uvd: np.ndarray, config: CropConfig = CropConfig(),
                   augment: AugmentParams = AugmentParams()) -> CropGeometry:
     centre_xyz = uvd_to_xyz(np.asarray(centre_uvd, dtype=np.float64), cam) + np.asarray(augment.jitter_mm)
@@ -162,15 +184,7 @@ def crop_hand(depth_mm: np.ndarray, cam: Intrinsics, centre_uvd: np.ndarray,
     depth = np.asarray(depth_mm)
     if depth.ndim != 2:
         raise ValueError(f"depth must be a 2D array, got shape {depth.shape}")
-    # Crop pixel -> full-frame pixel (affine), rounded to the nearest stored pixel.
-    m = geo._rot(1.0) * geo.pixel_step[None, :]
-    uv = m @ _grid(config.size) + geo.centre_uv[:, None]
-    col = np.rint(uv[0]).astype(np.int64) - int(origin[0])
-    row = np.rint(uv[1]).astype(np.int64) - int(origin[1])
-    h, w = depth.shape
-    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    d = np.zeros(col.shape, dtype=np.float32)
-    d[inside] = depth[row[inside], col[inside]]
+    d = _sample_nearest(depth, geo, origin)
     if augment.depth_noise_mm > 0:
         noise = np.random.default_rng(augment.noise_seed).standard_normal(d.shape, dtype=np.float32)
         d = np.where(d > 0, d + np.float32(augment.depth_noise_mm) * noise, d)

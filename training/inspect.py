@@ -335,7 +335,8 @@ def contact_sheet(report: Report, path: Path) -> None:
     n = len(report.previews)
     cols = min(4, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    size = 4.0 if cols > 1 else 6.5
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, 0.85 * size * rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, pv in zip(axes.ravel(), report.previews):
@@ -360,7 +361,7 @@ def contact_sheet(report: Report, path: Path) -> None:
         if pv.detected_centre is not None:
             ax.plot(*pv.detected_centre[:2], "+", color="lime", ms=14, mew=2)
         ax.set_title(pv.name, fontsize=8)
-    fig.suptitle(f"{report.path} ({report.kind}): depth, joints (red), crop cube (cyan)"
+    fig.suptitle(f"{report.path} ({report.kind})\ndepth, joints (red), crop cube (cyan)"
                  + (", detected hand (orange) and centre (green)" if report.kind == "real" else ""), fontsize=9)
     fig.tight_layout()
     _save(fig, path)
