@@ -26,6 +26,7 @@ from scipy import ndimage as ndi
 from render.camera import NYU_KINECT, Intrinsics
 from render.sensor import KINECT_V1, _tiles, apply_sensor
 
+NYU_NO_DEPTH = 2001  # NYU's frames hold 2001 where the sensor gave no depth (none are 0)
 NYU_FRAME = Path(__file__).resolve().parents[1].parent / "shared/real_samples/nyu/depth_1_0000001.png"
 
 
@@ -61,6 +62,35 @@ def hand_stats(depth_mm: np.ndarray) -> dict[str, float]:
         "residual_std_mm": float(residual.std()),
         "hole_pct": 100.0 * float((silhouette & ~hand).sum()) / float(silhouette.sum()),
     }
+
+
+def edge_gaps(depth_mm: np.ndarray, no_depth: int, fx: float) -> dict[str, float]:
+    """How often a row loses depth where it steps between a nearer and a farther surface.
+
+    Along each row, consecutive valid pixels less than 40 px apart whose depths differ by more
+    than 50 mm are one discontinuity; it has a gap when no-depth pixels lie between them. A
+    projector beside the camera leaves gaps on one side of near objects, as wide as the disparity
+    difference b fx (1/z_near - 1/z_far) (ratio with the model's baseline); on the other side
+    only edge dropouts do.
+    """
+    bfx = KINECT_V1.baseline_m * fx * 1000.0
+    count = {"right": 0, "left": 0}
+    gapped = {"right": 0, "left": 0}
+    ratios = []
+    for row in depth_mm:
+        cols = np.flatnonzero(row != no_depth)
+        if cols.size < 2:
+            continue
+        z = row[cols].astype(np.float64)
+        gap = np.diff(cols) - 1
+        for k in np.flatnonzero((np.abs(np.diff(z)) > 50) & (gap < 40)):
+            side = "right" if z[k] < z[k + 1] else "left"
+            count[side] += 1
+            gapped[side] += int(gap[k] > 0)
+            if side == "right" and gap[k] > 0:
+                ratios.append(gap[k] / (bfx * (1 / z[k] - 1 / z[k + 1])))
+    return {"right": gapped["right"] / max(count["right"], 1), "left": gapped["left"] / max(count["left"], 1),
+            "ratio": float(np.median(ratios)) if ratios else float("nan")}
 
 
 # --- an analytic hand: spheres and one ellipsoid, ray-cast with exact depth -----------------------
@@ -265,6 +295,19 @@ def main() -> None:
             vals = np.array([s[key] for s in stats])
             cells.append(f"{vals.mean():.{digits}f}" + (f" ± {vals.std():.{digits}f}" if len(vals) > 1 else ""))
         print(f"| {label} | {' | '.join(cells)} |")
+    if real is not None:
+        wall = np.where(exact > 0, exact, np.float32(1.05))
+        gaps_real = edge_gaps(real, NYU_NO_DEPTH, NYU_KINECT.fx)
+        gaps_syn = [edge_gaps(apply_sensor(wall, NYU_KINECT, (0, 0), "kinect", rng), 0, NYU_KINECT.fx)
+                    for _ in range(args.frames)]
+        print("\n| depth steps > 50 mm along rows | real NYU frame 1 | "
+              f"synthetic hand before a wall at 1.05 m, kinect ({args.frames} seeds) |\n|---|---|---|")
+        for key, label in [("right", "share with no-depth gap, nearer surface on the left"),
+                           ("left", "share with no-depth gap, nearer surface on the right"),
+                           ("ratio", "median gap width / b fx (1/z_near - 1/z_far), gaps right of the nearer")]:
+            vals = np.array([g[key] for g in gaps_syn])
+            print(f"| {label} | {gaps_real[key]:.2f} | {vals.mean():.2f} ± {vals.std():.2f} |")
+
     print(f"\nmodel: disparity step {KINECT_V1.disparity_step_px:.3f} px -> depth step "
           f"{1000 * KINECT_V1.depth_step_m(0.8):.2f} mm at 800 mm; parameters {KINECT_V1}")
 
@@ -289,7 +332,7 @@ def main() -> None:
         print(f"| {label} | {t_clean:.3f} | {t_kin:.3f} |")
 
     if real is not None and args.figure:
-        write_figure(args.figure, clean, kinect[0], real)
+        write_figure(args.figure, clean, kinect[0], np.where(real >= NYU_NO_DEPTH, 0, real))
         print(f"\nfigure: {args.figure}")
 
 

@@ -10,8 +10,8 @@ here is read from fixed noise tiles at the full-frame pixel (u, v), shifted by o
 one draw from the caller's generator, never drawn in an order that depends on the array's shape.
 A window cut from a frame therefore gets the same artefacts as the full frame at the same pixels,
 except within 2 pixels of the window border where neighbourhood operations (edges, normals,
-shifted sampling) cannot see beyond it, and for projector shadows cast by surfaces right of the
-window. With the hand fully inside the window and a background margin of 2 px or more, window and
+shifted sampling) cannot see beyond it, and for projector shadows cast by surfaces beside the
+window (left of it with the default `shadow_side`). With the hand fully inside the window and a background margin of 2 px or more, window and
 full frame agree exactly. Parameters and their sources: docs/sensor.md.
 """
 
@@ -40,12 +40,14 @@ class KinectV1:
     disparity_noise_px: float = 0.01    # white Gaussian disparity noise; tuned to NYU (docs/sensor.md)
     correlated_noise_px: float = 0.09   # spatially smooth disparity noise (window matching); tuned
     correlation_px: float = 2.0         # Gaussian correlation length of that smooth noise
-    edge_jump_m: float = 0.010          # neighbour depth difference that counts as a discontinuity
-    edge_drop_prob: float = 0.5         # chance that a pixel on a discontinuity is lost
-    grazing_start_deg: float = 78.0     # incidence angle where grazing dropout begins; tuned
+    edge_jump_m: float = 0.010          # departure from the neighbours' line that counts as a discontinuity
+    edge_drop_prob: float = 0.1         # chance that a pixel on a discontinuity is lost; tuned
+    grazing_start_deg: float = 72.0     # incidence angle where grazing dropout begins; tuned
     grazing_full_deg: float = 88.0      # incidence angle beyond which depth is always lost; tuned
     hole_seed_rate: float = 2e-5        # per-pixel chance of a small hole (a 5-pixel cross)
-    shadow: bool = True                 # projector shadow left of nearer surfaces
+    shadow_side: int = 1                # projector shadows fall right (+1) / left (-1) of nearer
+                                        # surfaces, 0 = none; +1 measured on NYU (docs/sensor.md)
+    shadow_fill_px: float = 1.5         # shadow width the correlation window fills back; tuned
 
     def depth_step_m(self, z_m: float) -> float:
         """Depth difference between neighbouring disparity levels at depth z."""
@@ -115,8 +117,9 @@ def _clean(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int],
     return _to_mm(depth_m)
 
 
-def _kinect(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int], rng: np.random.Generator,
-            p: KinectV1 = KINECT_V1) -> np.ndarray:
+def kinect_v1(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int], rng: np.random.Generator,
+              p: KinectV1 = KINECT_V1) -> np.ndarray:
+    """The Kinect v1 model with parameters `p` (float32 metres in, uint16 mm out; see apply_sensor)."""
     offsets = rng.integers(0, _TILE_PERIOD, size=(5, 2))
     out = np.zeros(depth_m.shape, np.uint16)
     valid_rows = np.flatnonzero(depth_m.any(axis=1))
@@ -148,6 +151,11 @@ def _kinect(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int], rng: 
     return out
 
 
+def _minmod(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """The one-sided difference of smaller magnitude, 0 where they disagree in sign."""
+    return np.copysign(np.minimum(np.abs(forward), np.abs(backward)), forward) * (forward * backward > 0)
+
+
 def _kinect_rows(padded: np.ndarray, z_all: np.ndarray, row0: int, rx: np.ndarray, ry: np.ndarray,
                  noise: list[np.ndarray], cam: Intrinsics, p: KinectV1) -> np.ndarray:
     """Kinect artefacts for rows row0.. of the crop; `padded` holds those rows and one more each side."""
@@ -156,26 +164,29 @@ def _kinect_rows(padded: np.ndarray, z_all: np.ndarray, row0: int, rx: np.ndarra
     h, w = z.shape
     valid = z > 0
 
-    # Discontinuities: a 4-neighbour more than edge_jump_m nearer or farther, or background.
+    # Discontinuities: a background 4-neighbour, or depth that departs from the line through its
+    # two neighbours by more than edge_jump_m (a second difference, so that a steep but smooth
+    # surface is left to the grazing-angle rule).
     left, right, up, down = padded[1:-1, :-2], padded[1:-1, 2:], padded[:-2, 1:-1], padded[2:, 1:-1]
+    twice = z + z
+    bend = np.maximum(np.abs(left + right - twice), np.abs(up + down - twice))
     lo = np.minimum(np.minimum(left, right), np.minimum(up, down))
-    hi = np.maximum(np.maximum(left, right), np.maximum(up, down))
-    edge = valid & (np.maximum(hi - z, z - lo) > np.float32(p.edge_jump_m))
+    edge = valid & ((lo <= 0) | (bend > np.float32(p.edge_jump_m)))
 
     # Incidence angle from the exact surface. With the ray r = (rx, ry, 1) and z_u, z_v the depth
     # derivatives per pixel, n ∝ (-z_u fx, -z_v fy, z_u fx rx + z_v fy ry + z) and n·r ∝ z, so
-    # cos(incidence) = z / (|n| |r|).
-    a = (right - left) * np.float32(0.5 * cam.fx)
-    b = (down - up) * np.float32(0.5 * cam.fy)
+    # cos(incidence) = z / (|n| |r|). The derivatives are the smaller one-sided differences (0
+    # where they disagree in sign), so a step beside a pixel does not tilt its normal.
+    a = _minmod(right - z, z - left) * np.float32(cam.fx)
+    b = _minmod(down - z, z - up) * np.float32(cam.fy)
     nz = a * rx + b * ry + z
     norm2 = (a * a + b * b + nz * nz) * (rx * rx + ry * ry + np.float32(1.0))
     cos_inc = z / np.sqrt(norm2 + np.float32(1e-12))
     cos_start = np.float32(np.cos(np.radians(p.grazing_start_deg)))
     cos_full = np.float32(np.cos(np.radians(p.grazing_full_deg)))
-    p_graze = np.clip((cos_start - cos_inc) * np.float32(256 / (cos_start - cos_full)), 0, 256)
-    # On a discontinuity the finite-difference normal means nothing; the edge rule decides there.
-    p_drop = np.where(edge, np.float32(256 * p.edge_drop_prob), p_graze)
-    keep = valid & (drop >= p_drop) & ~holes
+    p_graze = np.clip((cos_start - cos_inc) * np.float32(1 / (cos_start - cos_full)), 0, 1)
+    p_keep = (np.float32(1) - p_graze) * np.where(edge, np.float32(1 - p.edge_drop_prob), np.float32(1))
+    keep = valid & (drop < p_keep * np.float32(256)) & ~holes
 
     # Speckle-position jitter (simkinect): on a discontinuity the sample comes from the pixel the
     # shift lands on, which frays silhouettes the way a correlation window does. On smooth surfaces
@@ -193,14 +204,21 @@ def _kinect_rows(padded: np.ndarray, z_all: np.ndarray, row0: int, rx: np.ndarra
     keep &= levels > 0
     depth_mm = np.float32(1000 * bf / p.disparity_step_px) / np.where(keep, levels, 1)
 
-    if p.shadow:
-        # The projector sits right of the IR camera (+u), so a nearer surface at u + j hides the
-        # pattern from a farther one at u when its disparity (in image pixels) exceeds by >= j:
-        # shadowed(u) <=> max_{u' > u} (d(u') - u') + u >= d(u) + 1/2, a reversed running max.
-        # The exact surface casts the shadow, whether or not its own depth was lost.
-        d_img = np.float32(p.baseline_m * cam.fx) / np.where(valid, z, np.inf) - np.arange(w, dtype=np.float32)
-        reach = np.maximum.accumulate(d_img[:, ::-1], axis=1)[:, ::-1]
-        keep[:, :-1] &= reach[:, 1:] < d_img[:, :-1] + np.float32(0.5)
+    if p.shadow_side:
+        # The projector sits beside the IR camera on the row axis, so a nearer surface hides the
+        # pattern from a farther one on one side of it: with disparities in image pixels
+        # d = b fx / z, pixel u is shadowed by u' (u' < u for shadows to the right) when
+        # d(u') - d(u) >= |u - u'| + fill, i.e. when a running maximum of d(u') + u' over the
+        # pixels before u reaches d(u) + u + fill. The exact surface casts the shadow, whether or
+        # not its own depth was lost.
+        d_img = np.float32(p.baseline_m * cam.fx) / np.where(valid, z, np.inf)
+        if p.shadow_side < 0:
+            d_img = d_img[:, ::-1]
+        key = d_img + np.arange(w, dtype=np.float32)
+        reach = np.maximum.accumulate(key, axis=1)
+        shadowed = np.zeros_like(keep)
+        shadowed[:, 1:] = reach[:, :-1] >= key[:, 1:] + np.float32(p.shadow_fill_px)
+        keep &= ~(shadowed if p.shadow_side > 0 else shadowed[:, ::-1])
 
     return np.rint(np.minimum(depth_mm, _MAX_MM)) * keep
 
@@ -209,7 +227,7 @@ SensorModel = Callable[[np.ndarray, Intrinsics, tuple[int, int], np.random.Gener
 
 SENSORS: dict[str, SensorModel] = {
     "clean": _clean,
-    "kinect": _kinect,
+    "kinect": kinect_v1,
 }
 
 
