@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -119,7 +120,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_job(args: argparse.Namespace) -> generate.Job:
+def build_job(args: argparse.Namespace, argv: list[str]) -> generate.Job:
     """Validate every input (camera, model, poses, folder) before anything is written."""
     camera, camera_source = load_camera(args.camera)
     config = RenderConfig(n=args.n, seed=args.seed, shard_size=args.shard_size,
@@ -136,7 +137,7 @@ def build_job(args: argparse.Namespace) -> generate.Job:
     identity = config.identity(model.checksum, poses_checksum)
     identity["hand_model_id"] = model.name
     part = generate.Slice.of(config.num_shards, args.shard_index, args.num_shards)
-    return generate.prepare(config, args.out, identity, part, generate.command_line(),
+    return generate.prepare(config, args.out, identity, part, shlex.join(["render-hands", *argv]),
                             overwrite=args.overwrite, dry_run=args.dry_run)
 
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["merge"]:
             return main_merge(argv[1:])
         args = render_parser().parse_args(argv)
-        job = build_job(args)
+        job = build_job(args, argv)
         from render.gl import choose_backend
         backend = choose_backend(args.gl)
         if args.dry_run:

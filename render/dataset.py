@@ -6,9 +6,8 @@ Randomness (the reproducibility contract, recorded in the manifest as `rng`):
   pose in bulk than one at a time);
 * everything else of sample i (forearm, placement) uses np.random.default_rng([seed, i, 1]) and
   its sensor artefacts np.random.default_rng([seed, i, 2]).
-Meshes of a shard are posed and rendered in chunks aligned to the blocks, so the bytes of
-sample i depend on (seed, i) and the configuration only: not on --workers, not on which machine
-renders which shard.
+Meshes are posed and rendered in fixed chunks aligned to the blocks, so the bytes of sample i
+depend on (seed, i) and the configuration only: not on --workers, --shard-size or slicing.
 
 Placement: the palm centre is put at a depth drawn uniformly from the configured range (NYU's
 captures: ~500 to 1100 mm) and at a pixel drawn uniformly over the frame; draws are repeated
@@ -37,6 +36,7 @@ from render.views import VIEWS, transform, view_extrinsics
 GENERATOR = "render-hands"
 GENERATOR_VERSION = "1.0"
 POSE_BLOCK = 256
+CHUNK = 64                # samples posed and rendered together (divides POSE_BLOCK)
 WINDOW_MARGIN_PX = 3     # background pixels around the hand in each window (sensor edges need 2)
 PLACEMENT_TRIES = 200
 SENSORS = ("clean", "kinect")
@@ -269,17 +269,21 @@ class Synthesizer:
         files["json"] = json.dumps(label, separators=(",", ":")).encode()
         return sample_key(p.index), files
 
-    def samples(self, start: int, stop: int, chunk: int = 64):
-        """Yield (key, files) for samples start..stop-1, posing and rendering in chunks."""
-        i = start
-        while i < stop:
-            # chunk boundaries are aligned to global multiples of `chunk`: results never depend
-            # on where a shard or a slice starts
-            end = min(stop, (i // chunk + 1) * chunk)
-            posed = self.pose_chunk(i, end)
+    def samples(self, start: int, stop: int):
+        """Yield (key, files) for samples start..stop-1.
+
+        Meshes are posed and rendered in chunks of CHUNK samples aligned to multiples of CHUNK,
+        always whole (parts outside start..stop are computed and dropped), so that batched
+        float arithmetic and atlas packing, hence the bytes of every sample, do not depend on
+        where a shard or a slice starts.
+        """
+        first = start // CHUNK * CHUNK
+        for lo in range(first, stop, CHUNK):
+            hi = min(lo + CHUNK, self.config.n)
+            posed = self.pose_chunk(lo, hi)
             for p, d in zip(posed, self.render_chunk(posed)):
-                yield self.encode(p, d)
-            i = end
+                if start <= p.index < stop:
+                    yield self.encode(p, d)
 
 
 def load_camera(spec: str) -> tuple[Intrinsics, str]:
@@ -287,4 +291,3 @@ def load_camera(spec: str) -> tuple[Intrinsics, str]:
     if spec == "nyu":
         return NYU_KINECT, "nyu"
     return Intrinsics.from_json(Path(spec)), str(Path(spec).resolve())
-

@@ -18,9 +18,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
-import shlex
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,10 +312,6 @@ def merge(out: Path, sources: list[Path]) -> dict:
     manifest["merged_from"] = [str(p) for _, p, _ in slices]
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
-
-
-def command_line() -> str:
-    return shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])
 
 
 def estimate_bytes(config: RenderConfig) -> float:

@@ -1,0 +1,179 @@
+"""render-hands end to end: manifest and shard round trip, determinism across worker counts,
+resume after a killed run, slices and merge, refusal of bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hand_models.joints import JOINT_NAMES
+from render.cli import main
+from render.gl import choose_backend
+from render.shards import iter_samples, read_manifest, sha256_file
+
+choose_backend()
+BASE = ["--n", "40", "--shard-size", "16", "--seed", "3", "--quiet"]
+
+
+def _run(out: Path, *extra: str, workers: int = 1) -> int:
+    return main(BASE + ["--out", str(out), "--workers", str(workers), *extra])
+
+
+def _hashes(out: Path) -> list[str]:
+    return [s["sha256"] for s in read_manifest(out)["shards"]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "data"
+    assert _run(out) == 0
+    return out
+
+
+def test_manifest_and_shards_round_trip(reference):
+    m = read_manifest(reference)
+    assert m["count"] == 40 and [s["count"] for s in m["shards"]] == [16, 16, 8]
+    assert [s["name"] for s in m["shards"]] == [f"shard-{i:06d}.tar" for i in range(3)]
+    assert m["joint_names"] == list(JOINT_NAMES) and m["seed"] == 3
+    assert m["intrinsics"] == {"fx": 588.03, "fy": 587.07, "cx": 320.0, "cy": 240.0, "width": 640, "height": 480}
+    assert m["hand_model"]["id"] == "open-right-v1" and len(m["hand_model"]["checksum"]) == 64
+    assert m["sensor"] == "clean" and m["generator"]["name"] == "render-hands"
+    assert "--n 40" in m["command"]
+    samples = list(iter_samples(reference, verify=True))
+    assert [s["key"] for s in samples] == [f"{i:09d}" for i in range(40)]
+    for s in samples:
+        assert "." not in s["key"] and s["index"] == int(s["key"])
+        assert s["depth"].dtype == np.uint16 and s["depth"].max() > 255  # all 16 bits survive
+        assert list(s["depth"].shape) == s["crop_size"][::-1]
+        assert len(s["joints_uvd"]) == 21 and len(s["nyu14_uvd"]) == 14
+        assert s["views"] == []
+    assert not list(reference.glob(".*.tmp-*"))
+
+
+def test_same_samples_whatever_the_worker_count(reference, tmp_path):
+    assert _run(tmp_path / "two", workers=2) == 0
+    assert _hashes(tmp_path / "two") == _hashes(reference)
+
+
+def test_resume_after_killed_run(reference, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "render.cli", *BASE, "--shard-size", "4", "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(out.glob("shard-*.tar"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(out.glob("shard-*.tar"))
+    assert 2 <= len(finished) < 10, "the run should have been killed part way"
+    assert not (out / "manifest.json").exists()
+    assert main(BASE + ["--shard-size", "4", "--out", str(out), "--workers", "1"]) == 0
+    m = read_manifest(out)
+    assert m["count"] == 40 and len(m["shards"]) == 10
+    assert not list(out.glob(".*.tmp-*"))
+    # identical samples to an uninterrupted run (shard size changes only how they are packed)
+    ref = {s["key"]: s["depth"].tobytes() for s in iter_samples(reference)}
+    again = {s["key"]: s["depth"].tobytes() for s in iter_samples(out, verify=True)}
+    assert again == ref
+
+
+def test_rerun_repairs_missing_and_corrupt_shards(reference, tmp_path):
+    out = tmp_path / "repair"
+    assert _run(out) == 0
+    (out / "shard-000000.tar").unlink()
+    with open(out / "shard-000001.tar", "r+b") as f:
+        f.seek(1000)
+        f.write(b"garbage")
+    (out / ".shard-000002.tar.tmp-99999").write_bytes(b"partial")
+    untouched = (out / "shard-000002.tar").stat().st_mtime_ns
+    assert _run(out) == 0
+    assert _hashes(out) == _hashes(reference)
+    assert (out / "shard-000002.tar").stat().st_mtime_ns == untouched  # complete shards are kept
+    assert not (out / ".shard-000002.tar.tmp-99999").exists()
+
+
+def test_different_dataset_refused_unless_overwrite(reference, tmp_path, capsys):
+    out = tmp_path / "other"
+    assert _run(out) == 0
+    capsys.readouterr()
+    assert _run(out, "--sensor", "kinect") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different dataset" in err[0] and "sensor" in err[0]
+    assert _hashes(out) == _hashes(reference)  # nothing touched
+    assert _run(out, "--sensor", "kinect", "--overwrite") == 0
+    assert read_manifest(out)["sensor"] == "kinect"
+
+
+def test_slices_merge_into_the_whole_dataset(reference, tmp_path):
+    shared, apart = tmp_path / "shared", tmp_path / "apart"
+    assert _run(shared, "--shard-index", "0", "--num-shards", "2") == 0
+    assert not (shared / "manifest.json").exists()
+    assert _run(apart, "--shard-index", "1", "--num-shards", "2") == 0
+    assert main(["merge", str(shared)]) == 2  # slice 1 is elsewhere: refused, nothing written
+    assert not (shared / "manifest.json").exists()
+    assert main(["merge", str(shared), str(apart)]) == 0
+    assert _hashes(shared) == _hashes(reference)
+    assert len(list(iter_samples(shared, verify=True))) == 40
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "dry"
+    assert _run(out, "--dry-run", "--views", "3") == 0
+    plan = capsys.readouterr().out
+    assert "3 shards" in plan and "3 view(s)" in plan and "GL backend" in plan
+    assert not out.exists()
+
+
+def _broken_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    bad_json = tmp / "camera.json"
+    bad_json.write_text('{"fx": 500, "fy": 500, "cx": 320}')
+    bad_poses = tmp / "poses.npz"
+    np.savez(bad_poses, hand_pose=np.zeros((3, 15, 3)), betas=np.zeros((3, 8)))
+    bad_model = tmp / "MANO_RIGHT.npz"
+    np.savez(bad_model, v_template=np.zeros((10, 3)))
+    blocker = tmp / "a-file"
+    blocker.write_text("")
+    return {
+        "n": (["--n", "0"], "--n"),
+        "camera": (["--camera", str(bad_json)], "camera.json"),
+        "poses": (["--poses", str(bad_poses)], "poses.npz"),
+        "model": (["--hand-model", str(bad_model)], "MANO_RIGHT.npz"),
+        "missing model": (["--hand-model", str(tmp / "nope.pkl")], "nope.pkl"),
+        "unwritable": (["--out", str(blocker / "data")], "a-file"),
+    }
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        return exc.code
+
+
+@pytest.mark.parametrize("case", ["n", "camera", "poses", "model", "missing model", "unwritable"])
+def test_bad_inputs_give_one_line_and_write_nothing(case, tmp_path, capsys):
+    args, named = _broken_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    rc = _exit_code(["--n", "8", "--out", str(out), "--quiet", "--workers", "1"] + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and named in err[0], err
+    assert not out.exists()
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--n", "--out", "--seed", "--workers", "--shard-size", "--hand-model", "--poses",
+                   "--views", "--sensor", "--camera", "--distance", "--no-forearm", "--shard-index",
+                   "--num-shards", "--overwrite", "--dry-run", "--gl", "merge"):
+        assert option in text
