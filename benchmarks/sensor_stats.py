@@ -213,7 +213,7 @@ def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
     return (slice(max(ys.min() - pad, 0), ys.max() + pad + 1), slice(max(xs.min() - pad, 0), xs.max() + pad + 1))
 
 
-def write_figure(path: Path, clean: np.ndarray, kinect: np.ndarray, real: np.ndarray) -> None:
+def write_figure(path: Path, clean: np.ndarray, kinect: np.ndarray, walled: np.ndarray, real: np.ndarray) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,8 +221,8 @@ def write_figure(path: Path, clean: np.ndarray, kinect: np.ndarray, real: np.nda
     box_s = _bbox(hand_mask(clean), 8)
     box_r = _bbox(hand_mask(real), 8)
     panels = [("synthetic, clean", clean[box_s]), ("synthetic, kinect", kinect[box_s]),
-              ("real NYU (Kinect v1)", real[box_r])]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 9.5), gridspec_kw={"height_ratios": [2.2, 1]})
+              ("synthetic before a wall, kinect", walled[box_s]), ("real NYU (Kinect v1)", real[box_r])]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 9.5), gridspec_kw={"height_ratios": [2.2, 1]})
     for col, (title, img) in enumerate(panels):
         hand = hand_mask(img)
         near = img[hand].min()
@@ -243,7 +243,8 @@ def write_figure(path: Path, clean: np.ndarray, kinect: np.ndarray, real: np.nda
         for ax in axes[:, col]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("Depth sensor model: exact render vs Kinect v1 model vs a real NYU frame (black = no depth)")
+    fig.suptitle("Depth sensor model: exact render vs Kinect v1 model vs a real NYU frame (black = no depth; "
+                 "projector shadows fall right of near surfaces)")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -295,10 +296,10 @@ def main() -> None:
             vals = np.array([s[key] for s in stats])
             cells.append(f"{vals.mean():.{digits}f}" + (f" ± {vals.std():.{digits}f}" if len(vals) > 1 else ""))
         print(f"| {label} | {' | '.join(cells)} |")
+    before_wall = np.where(exact > 0, exact, np.float32(1.05))
     if real is not None:
-        wall = np.where(exact > 0, exact, np.float32(1.05))
         gaps_real = edge_gaps(real, NYU_NO_DEPTH, NYU_KINECT.fx)
-        gaps_syn = [edge_gaps(apply_sensor(wall, NYU_KINECT, (0, 0), "kinect", rng), 0, NYU_KINECT.fx)
+        gaps_syn = [edge_gaps(apply_sensor(before_wall, NYU_KINECT, (0, 0), "kinect", rng), 0, NYU_KINECT.fx)
                     for _ in range(args.frames)]
         print("\n| depth steps > 50 mm along rows | real NYU frame 1 | "
               f"synthetic hand before a wall at 1.05 m, kinect ({args.frames} seeds) |\n|---|---|---|")
@@ -323,16 +324,17 @@ def main() -> None:
     print(f"\ntiming (median of {args.repeats}; {_cpu_name()}, {os.cpu_count()} cores, numpy {np.__version__}); "
           f"one-time noise tiles per process: {build_ms:.0f} ms, {tile_mb:.1f} MiB")
     print("| input | clean ms | kinect ms |\n|---|---|---|")
-    wall = np.full((NYU_KINECT.height, NYU_KINECT.width), 0.8, np.float32)
+    flat = np.full((NYU_KINECT.height, NYU_KINECT.width), 0.8, np.float32)
     for label, img, origin in [("150x150 window inside the hand", window, (cu - 75, cv - 75)),
                                ("640x480 frame, the hand (work limited to its bounding box)", exact, (0, 0)),
-                               ("640x480 frame, every pixel valid (a wall)", wall, (0, 0))]:
+                               ("640x480 frame, every pixel valid (a wall)", flat, (0, 0))]:
         t_clean = _time_ms(lambda: apply_sensor(img, NYU_KINECT, origin, "clean", rng), args.repeats)
         t_kin = _time_ms(lambda: apply_sensor(img, NYU_KINECT, origin, "kinect", rng), args.repeats)
         print(f"| {label} | {t_clean:.3f} | {t_kin:.3f} |")
 
     if real is not None and args.figure:
-        write_figure(args.figure, clean, kinect[0], np.where(real >= NYU_NO_DEPTH, 0, real))
+        walled = apply_sensor(before_wall, NYU_KINECT, (0, 0), "kinect", rng).astype(np.int64)
+        write_figure(args.figure, clean, kinect[0], walled, np.where(real >= NYU_NO_DEPTH, 0, real))
         print(f"\nfigure: {args.figure}")
 
 
