@@ -119,7 +119,7 @@ def _clean(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int],
 
 def kinect_v1(depth_m: np.ndarray, cam: Intrinsics, origin: tuple[int, int], rng: np.random.Generator,
               p: KinectV1 = KINECT_V1) -> np.ndarray:
-    """The Kinect v1 model with parameters `p` (float32 metres in, uint16 mm out; see apply_sensor)."""
+    """The Kinect v1 model with parameters `p`: finite float32 metres in (0 = background), uint16 mm out."""
     offsets = rng.integers(0, _TILE_PERIOD, size=(5, 2))
     out = np.zeros(depth_m.shape, np.uint16)
     valid_rows = np.flatnonzero(depth_m.any(axis=1))
