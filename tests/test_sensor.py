@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage as ndi
 
 from render.camera import NYU_KINECT, Intrinsics
@@ -169,3 +171,41 @@ def test_hole_fraction_is_small_but_present() -> None:
     depth = plane(CAM, (0.0, 0.0, 1.0), 0.8)
     lost = np.mean([(kinect(depth, seed=s)[20:460, 20:620] == 0).mean() for s in range(4)])
     assert 1e-5 < lost < 1e-3      # NYU: 0.07 % of the hand silhouette; hole seeds alone ~0.01 %
+
+
+NYU_FRAME = Path(__file__).resolve().parents[1].parent / "shared/real_samples/nyu/depth_1_0000001.png"
+needs_nyu = pytest.mark.skipif(not NYU_FRAME.exists(), reason=f"{NYU_FRAME} absent (real NYU sample)")
+
+
+def nyu_depth_mm() -> np.ndarray:
+    rgb = np.asarray(Image.open(NYU_FRAME).convert("RGB"))
+    return rgb[..., 1].astype(np.int64) * 256 + rgb[..., 2]     # NYU: mm = G * 256 + B
+
+
+@needs_nyu
+def test_real_nyu_depths_sit_on_the_models_disparity_steps() -> None:
+    depth = nyu_depth_mm()
+    near = depth.min()
+    values = np.unique(depth[depth <= near + 150])
+    spacing = (values[-1] - values[0]) / (len(values) - 1)
+    mid_m = (values[-1] + values[0]) / 2000
+    assert spacing == pytest.approx(1000 * KINECT_V1.depth_step_m(mid_m), rel=0.03)
+
+
+@needs_nyu
+def test_real_nyu_shadows_fall_on_the_models_side() -> None:
+    # Along rows, steps of > 50 mm lose depth far more often with the nearer surface on the left
+    # (shadow_side +1); the model must agree with the frame.
+    depth = nyu_depth_mm()
+    gapped = {1: [], -1: []}
+    for row in depth:
+        cols = np.flatnonzero(row < 2001)                        # NYU: 2001 = no depth
+        z = row[cols]
+        gap = np.diff(cols) > 1
+        step = np.diff(z)
+        for k in np.flatnonzero((np.abs(step) > 50) & (np.diff(cols) < 40)):
+            gapped[1 if step[k] > 0 else -1].append(gap[k])
+    share = {side: np.mean(g) for side, g in gapped.items()}
+    measured_side = max(share, key=share.get)
+    assert measured_side == KINECT_V1.shadow_side
+    assert share[measured_side] > 2 * share[-measured_side]
