@@ -277,7 +277,7 @@ def main() -> None:
     if args.rendered:
         try:
             windows = rendered_hands(args.rendered, args.seed)
-        except (ImportError, RuntimeError, OSError) as err:
+        except (ImportError, AttributeError, TypeError, RuntimeError, OSError) as err:  # renderer API moved
             print(f"rendered hands skipped: {err}")
         else:
             rows.append((f"rendered hand, kinect ({args.rendered} prior poses)",
