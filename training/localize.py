@@ -155,7 +155,7 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
 
     # The hand is the end of the object farthest, along its surface, from where the arm comes
     # from: the frame border (an arm reaching in) or the back of the depth band (an arm receding
-    # to the body). Without either, the far end of the object's main 3D axis.
+    # to the body).
     margin = max(1, int(round(config.border_margin * d.shape[0])))
     h, wdt = d.shape
     sources = ((rows < margin) | (rows >= h - margin) | (cols < margin) | (cols >= wdt - margin)
@@ -165,16 +165,17 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
     t = (pts - mean) @ axis
     lo, hi = np.percentile(t, [1, 99])
     length = float(hi - lo)
-    if not sources.any():
-        end_lo, end_hi = t <= lo + length / 3, t >= hi - length / 3
-        lo_is_far = pts[end_lo, 2].mean() > pts[end_hi, 2].mean()
-        sources = (t <= lo) if lo_is_far else (t >= hi)
-    geo = _geodesic_mm(obj, rows, cols, pts, sources)
-    reach = float(np.percentile(geo, 99.5))
-    tip = pts[geo >= reach].mean(axis=0)
-    # A hand lies within a hand's length of its farthest point, along the surface and in space.
-    keep = (geo >= reach - config.hand_length_mm) & (
-        np.linalg.norm(pts - tip, axis=1) <= config.hand_length_mm)
+    if sources.any():
+        geo = _geodesic_mm(obj, rows, cols, pts, sources)
+        reach = float(np.percentile(geo, 99.5))
+        tip = pts[geo >= reach].mean(axis=0)
+        # A hand lies within a hand's length of its farthest point, along the surface and in space.
+        keep = (geo >= reach - config.hand_length_mm) & (
+            np.linalg.norm(pts - tip, axis=1) <= config.hand_length_mm)
+    else:
+        # A free-floating object (a hand, perhaps with a forearm ending in view): no arm to
+        # follow, so the palm, the widest part, is found on the whole object below.
+        keep = np.ones(len(rows), dtype=bool)
     dropped = not keep.all()
     hand_small = np.zeros_like(obj)
     hand_small[rows[keep], cols[keep]] = True
