@@ -185,10 +185,12 @@ def crop_hand(depth_mm: np.ndarray, cam: Intrinsics, centre_uvd: np.ndarray,
     if depth.ndim != 2:
         raise ValueError(f"depth must be a 2D array, got shape {depth.shape}")
     d = _sample_nearest(depth, geo, origin)
-    if augment.depth_noise_mm > 0:
-        noise = np.random.default_rng(augment.noise_seed).standard_normal(d.shape, dtype=np.float32)
-        d = np.where(d > 0, d + np.float32(augment.depth_noise_mm) * noise, d)
     cz, half = np.float32(geo.centre_xyz[2]), np.float32(geo.half_mm)
+    if augment.depth_noise_mm > 0:
+        # Only pixels inside the cube can show noise; drawing for them alone is 2-4x cheaper.
+        in_cube = np.flatnonzero((d > 0) & (np.abs(d - cz) <= half))
+        noise = np.random.default_rng(augment.noise_seed).standard_normal(in_cube.size, dtype=np.float32)
+        d[in_cube] += np.float32(augment.depth_noise_mm) * noise
     norm = (d - cz) / half
     image = np.where((d > 0) & (np.abs(norm) <= 1.0), norm, np.float32(1.0)).reshape(config.size, config.size)
     labels = None
