@@ -9,7 +9,7 @@ import pytest
 
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from training.captures import load_capture
-from training.localize import LocalizeError, centre_from_labels, load_centres, locate_hand
+from training.localize import LocalizeError, centre_from_labels, load_centres, locate_hand, save_centres
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLES = SHARED / "real_samples"
@@ -90,8 +90,8 @@ def test_centres_from_labels_and_file(tmp_path):
     j21 = np.tile([5.0, 5.0, 450.0], (21, 1))
     j21[[0, 5, 9, 13, 17]] = xyz_to_uvd(palm, CAM)
     np.testing.assert_allclose(centre_from_labels(j21, "21", CAM), xyz_to_uvd([0, 0, 400], CAM), atol=1e-9)
-    (tmp_path / "c.txt").write_text("320 240 500\n330 250 510\n")
-    assert load_centres(tmp_path / "c.txt", frames=2).shape == (2, 3)
+    save_centres(tmp_path / "c.txt", np.array([[320, 240, 500], [330.25, 250, 510]]))
+    np.testing.assert_allclose(load_centres(tmp_path / "c.txt", frames=2), [[320, 240, 500], [330.25, 250, 510]])
     with pytest.raises(ValueError, match="2 centres for 3 frames"):
         load_centres(tmp_path / "c.txt", frames=3)
 

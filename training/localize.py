@@ -8,19 +8,23 @@ hand pose datasets and of the crop-based methods trained on them):
    and never seed the search.
 2. The patch whose near depth is smallest seeds the hand; every measured pixel within a depth
    band behind it and connected to it joins (holes, value 0, are simply absent).
-3. If the object is longer than a hand (an arm reaching into the frame), the forearm is dropped:
-   along the object's main 3D axis the hand is the end away from the image border the arm comes
-   in from (or, when that does not decide, the end nearer the camera), and only the last
-   `hand_length_mm` of that end are kept.
-4. The centre is the area-weighted centroid of what remains, pushed `surface_offset_mm` along the
-   viewing ray because the camera sees the front surface while joints lie inside the hand.
+3. The forearm is dropped: an arm enters either across the frame border or by receding to the
+   body at the back of the band, so the hand is the object's far end from those pixels along its
+   surface (geodesic distance); what lies within `hand_length_mm` of the farthest point, along
+   the surface and in space, is kept. An object touching neither is kept whole.
+4. The centre is the palm, the widest part of a hand: the kept pixel deepest inside the
+   silhouette (distance transform, holes filled), at the median surface depth around it pushed
+   `surface_offset_mm` along the viewing ray (the camera sees the front of the palm; the
+   palm-centre joint lies inside).
 
-Alternatives for frames whose centre is known: `centre_from_labels` and `load_centres`.
+Alternatives for frames whose centre is known: `centre_from_labels`, and centres files
+(`save_centres` / `load_centres`) so a long capture is located once.
 All depths are millimetres; 0 means "no measurement".
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +229,14 @@ def centre_from_labels(labels_uvd: np.ndarray, label_joints: str, cam: Intrinsic
         v = xyz[..., 1] * cam.fy / xyz[..., 2] + cam.cy
         return np.stack([u, v, xyz[..., 2]], axis=-1)
     raise ValueError(f"unknown label joint set {label_joints!r} (nyu14 or 21)")
+
+
+def save_centres(path: str | Path, centres_uvd: np.ndarray) -> None:
+    """Write centres as `u v d` lines (the format load_centres reads), atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    np.savetxt(tmp, np.asarray(centres_uvd, dtype=np.float64).reshape(-1, 3), fmt="%.3f")
+    os.replace(tmp, path)
 
 
 def load_centres(path: str | Path, frames: int | None = None) -> np.ndarray:
