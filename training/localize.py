@@ -50,8 +50,8 @@ class LocalizeConfig:
     near_area_mm2: float = 300.0      # the object's near depth is where this much of it is nearer
     edge_mm: float = 15.0             # depth step that separates two surfaces ...
     edge_rel: float = 0.02            # ... plus this fraction of the depth (sensor noise grows with depth)
-    hand_length_mm: float = 200.0     # kept from the hand end of a longer object (wrist to fingertip ~ 190 mm)
-    surface_offset_mm: float = 15.0   # centroid of the visible surface -> centre inside the hand
+    hand_length_mm: float = 200.0     # kept from the object's far end (wrist to fingertip is ~190 mm)
+    surface_offset_mm: float = 15.0   # from the palm's visible surface to the palm centre inside
     band_back: float = 0.25           # the deepest quarter of the band is where an arm recedes to the body
     border_margin: float = 0.08       # an object this close (fraction of height) to the edge enters there
     work_width: int = 320             # frames are analysed at about this width, for speed
@@ -62,9 +62,7 @@ class HandLocation:
     centre_uvd: np.ndarray   # (3,) u, v in full-frame pixels, d in mm
     mask: np.ndarray         # (H, W) bool, the pixels taken as hand (at full resolution)
     near_mm: float           # near depth of the object (see LocalizeConfig.near_area_mm2)
-    object_length_mm: float  # extent of the whole segmented object along its main axis
-    object_area_mm2: float   # metric area of the whole segmented object
-    forearm_dropped: bool
+    forearm_dropped: bool    # part of the object was left out as arm
     palm_width_mm: float     # diameter of the largest disc inside the hand silhouette
     hand_area_mm2: float     # metric area of the pixels taken as hand
 
@@ -164,11 +162,6 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
     h, wdt = d.shape
     sources = ((rows < margin) | (rows >= h - margin) | (cols < margin) | (cols >= wdt - margin)
                | (pts[:, 2] >= z0 + config.band_mm * (1 - config.band_back)))
-    mean = np.average(pts, axis=0, weights=w)
-    axis = np.linalg.eigh(np.cov((pts - mean).T, aweights=w))[1][:, -1]
-    t = (pts - mean) @ axis
-    lo, hi = np.percentile(t, [1, 99])
-    length = float(hi - lo)
     if sources.any():
         geo = _geodesic_mm(obj, rows, cols, pts, sources)
         reach = float(np.percentile(geo, 99.5))
@@ -205,8 +198,6 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
         centre_uvd=np.array([u, v, centre_xyz[2]]),
         mask=mask,
         near_mm=z0,
-        object_length_mm=length,
-        object_area_mm2=float(w.sum()),
         forearm_dropped=bool(dropped),
         palm_width_mm=float(2 * radius * stride * palm_uvd[2] / cam.fx),
         hand_area_mm2=float(w[keep].sum()),
