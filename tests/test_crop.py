@@ -9,7 +9,7 @@ import pytest
 
 from render.camera import Intrinsics, uvd_to_xyz
 from training.captures import load_capture
-from training.crop import AugmentParams, Augmentation, CropConfig, crop_hand
+from training.crop import AugmentParams, Augmentation, CropConfig, crop_hand, crop_shard_sample
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CAM = Intrinsics(fx=588.03, fy=587.07, cx=320.0, cy=240.0, width=640, height=480)
@@ -137,3 +137,21 @@ def test_axis_aligned_fast_path_matches_general_sampling():
         fast = crop_hand(depth, CAM, centre)
         general = crop_hand(depth, CAM, centre, augment=AugmentParams(rotation_rad=1e-12))
         np.testing.assert_array_equal(fast.image, general.image)
+
+
+def test_shard_sample_adapter_uses_window_origin_and_palm_centre():
+    """A render-hands-like sample: a window of the ramp at crop_origin, labels in full-frame uvd."""
+    labels = surface_labels(np.random.default_rng(5), n=21)
+    nyu14 = labels[:14].copy()
+    nyu14[13] = CENTRE
+    depth = ramp()
+    sample = {"intrinsics": CAM.to_dict(), "depth": depth[100:400, 150:450].astype(np.uint16),
+              "crop_origin": [150, 100], "nyu14_uvd": nyu14.tolist(), "joints_uvd": labels.tolist()}
+    crop = crop_shard_sample(sample, joints="21")
+    full = crop_hand(depth.astype(np.uint16), CAM, CENTRE, labels)
+    np.testing.assert_array_equal(crop.labels, full.labels)
+    inside = crop.image < 1.0
+    assert inside.mean() > 0.5 and np.array_equal(crop.image[inside], full.image[inside])
+    np.testing.assert_allclose(crop_shard_sample(sample).labels[13], [0, 0, 0], atol=1e-6)
+    with pytest.raises(ValueError, match="joints"):
+        crop_shard_sample(sample, joints="36")

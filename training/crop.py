@@ -206,6 +206,8 @@ def crop_shard_sample(sample: dict, config: CropConfig = CropConfig(),
     joints: which labels to normalise, "nyu14" (nyu14_uvd) or "21" (joints_uvd); the centre is
     the NYU-14 palm centre either way, the point real labelled frames are cropped around.
     """
+    if joints not in ("nyu14", "21"):
+        raise ValueError(f"joints must be 'nyu14' or '21', got {joints!r}")
     cam = Intrinsics.from_dict(sample["intrinsics"])
     nyu14 = np.asarray(sample["nyu14_uvd"], dtype=np.float64)
     labels = nyu14 if joints == "nyu14" else np.asarray(sample["joints_uvd"], dtype=np.float64)
