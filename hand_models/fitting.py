@@ -87,8 +87,9 @@ def _fit_chunk(model, prior, target, names, joint_set, fit_shape, steps, lr) -> 
     rot = R[..., :2].transpose(1, 2).reshape(n, 6).clone().requires_grad_(True)
     # The model rotates about its wrist: transl = t + R @ wrist - wrist.
     transl = (t + wrist @ R.transpose(1, 2) - wrist).clone().requires_grad_(True)
-    params = [raw, rot, transl] + ([betas] if fit_shape else [])
-    opt = torch.optim.Adam(params, lr=lr)
+    # Translations are in metres and start close (Kabsch): smaller steps than for angles.
+    groups = [{"params": [raw, rot]}, {"params": [transl], "lr": lr * 0.1}] + ([{"params": [betas]}] if fit_shape else [])
+    opt = torch.optim.Adam(groups, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
     def predict():
