@@ -10,8 +10,9 @@ Meshes are posed and rendered in fixed chunks aligned to the blocks, so the byte
 depend on (seed, i) and the configuration only: not on --workers, --shard-size or slicing.
 
 Placement: the palm centre is put at a depth drawn uniformly from the configured range (NYU's
-captures: ~500 to 1100 mm) and at a pixel drawn uniformly over the frame; draws are repeated
-until the hand and forearm lie fully inside the frame (with a margin) in every view.
+captures: ~500 to 1100 mm) and at a pixel drawn uniformly over the part of the frame where the
+hand and forearm fit; draws are repeated until they lie fully inside the frame (with a margin) in
+every view.
 """
 
 from __future__ import annotations
@@ -179,9 +180,18 @@ class Synthesizer:
         pivot = nyu14[NYU14_NAMES.index("palm_center")]
         rel = verts - pivot
         lo, hi = cfg.distance_mm
+        m = WINDOW_MARGIN_PX
         for _ in range(PLACEMENT_TRIES):
             z = rng.uniform(lo, hi) / 1000.0
-            u, v = rng.uniform(0, cam.width), rng.uniform(0, cam.height)
+            # Pixel extent of the mesh around its pivot if the pivot were on the optical axis:
+            # drawing the pivot pixel only where that extent fits saves most rejected draws.
+            du = cam.fx * rel[:, 0] / (z + rel[:, 2])
+            dv = cam.fy * rel[:, 1] / (z + rel[:, 2])
+            u_lo, u_hi = m - du.min(), cam.width - 1 - m - du.max()
+            v_lo, v_hi = m - dv.min(), cam.height - 1 - m - dv.max()
+            if u_lo >= u_hi or v_lo >= v_hi:
+                continue
+            u, v = rng.uniform(u_lo, u_hi), rng.uniform(v_lo, v_hi)
             centre = np.array([(u - cam.cx) * z / cam.fx, (v - cam.cy) * z / cam.fy, z])
             extrinsics = view_extrinsics(centre, cfg.views)
             placed = rel + centre
@@ -205,8 +215,8 @@ class Synthesizer:
         lo = self.config.distance_mm[0] / 1000.0
         m = WINDOW_MARGIN_PX
         out = []
-        for ext in extrinsics:
-            pts = transform(verts, ext)
+        for view, ext in enumerate(extrinsics):
+            pts = verts if view == 0 else transform(verts, ext)
             if pts[:, 2].min() < 0.5 * lo:
                 return None
             uv = project(pts, cam)
@@ -221,8 +231,8 @@ class Synthesizer:
         """Exact depth windows (metres) of every view of every sample."""
         meshes, windows = [], []
         for p in posed:
-            for ext, win in zip(p.extrinsics, p.windows):
-                meshes.append((transform(p.vertices, ext), self.faces))
+            for view, (ext, win) in enumerate(zip(p.extrinsics, p.windows)):
+                meshes.append((p.vertices if view == 0 else transform(p.vertices, ext), self.faces))
                 windows.append(win)
         depth = self.renderer.render(meshes, windows, self.config.camera)
         nv = self.config.views

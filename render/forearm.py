@@ -10,6 +10,7 @@ cube of the standard NYU crop around the palm centre, so crops look like real on
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,10 +39,19 @@ class ForearmParams:
         return asdict(self)
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / math.sqrt(v @ v)
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.cross for two 3-vectors, without its ~20 us of axis handling (called per sample)."""
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+
 def _rotate(v: np.ndarray, axis: np.ndarray, deg: float) -> np.ndarray:
     """Rodrigues rotation of vector v about unit axis."""
-    a = np.deg2rad(deg)
-    return v * np.cos(a) + np.cross(axis, v) * np.sin(a) + axis * np.dot(axis, v) * (1 - np.cos(a))
+    a = math.radians(deg)
+    return v * math.cos(a) + _cross(axis, v) * math.sin(a) + axis * (axis @ v) * (1 - math.cos(a))
 
 
 def _faces() -> np.ndarray:
@@ -59,6 +69,8 @@ def _faces() -> np.ndarray:
 
 
 FACES = _faces()
+_PHI = np.linspace(0.0, 2 * np.pi, SEGMENTS, endpoint=False)
+_COS, _SIN = np.cos(_PHI), np.sin(_PHI)
 
 
 def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
@@ -69,19 +81,16 @@ def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
     """
     wrist = joints[JOINT_INDEX["wrist"]]
     palm_dir = joints[JOINT_INDEX["middle_mcp"]] - wrist
-    palm_len = np.linalg.norm(palm_dir)
+    palm_len = math.sqrt(palm_dir @ palm_dir)
     palm_dir = palm_dir / palm_len
     across = joints[JOINT_INDEX["index_mcp"]] - joints[JOINT_INDEX["pinky_mcp"]]
-    knuckle_width = np.linalg.norm(across)
-    across = across - palm_dir * np.dot(across, palm_dir)
-    across /= np.linalg.norm(across)
-    normal = np.cross(palm_dir, across)  # through the palm
-    axis = -palm_dir
-    axis = _rotate(axis, across, params.flexion_deg)
+    knuckle_width = math.sqrt(across @ across)
+    across = _unit(across - palm_dir * (across @ palm_dir))
+    normal = _cross(palm_dir, across)  # through the palm
+    axis = _rotate(-palm_dir, across, params.flexion_deg)
     axis = _rotate(axis, normal, params.deviation_deg)
-    side = across - axis * np.dot(across, axis)
-    side /= np.linalg.norm(side)
-    up = np.cross(axis, side)
+    side = _unit(across - axis * (across @ axis))
+    up = _cross(axis, side)
 
     # The first ring sits inside the palm and the second at the wrist joint, both on the palm
     # axis; the bend happens at the wrist, so the hand's open wrist is always covered.
@@ -91,8 +100,7 @@ def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
     t = np.concatenate([[0.0], t])
     half_width = 0.5 * knuckle_width * params.width_scale * (0.85 + 0.2 * t)  # wrist narrower
     half_thick = 0.65 * half_width
-    phi = np.linspace(0.0, 2 * np.pi, SEGMENTS, endpoint=False)
-    ring = (np.cos(phi)[None, :, None] * half_width[:, None, None] * side
-            + np.sin(phi)[None, :, None] * half_thick[:, None, None] * up)
+    ring = (_COS[None, :, None] * half_width[:, None, None] * side
+            + _SIN[None, :, None] * half_thick[:, None, None] * up)
     verts = (centres[:, None, :] + ring).reshape(-1, 3)
     return np.concatenate([verts, centres[:1], centres[-1:]], 0)

@@ -147,8 +147,13 @@ _worker = None
 _progress = None
 
 
-def _init_worker(config: RenderConfig, progress) -> None:
+def _init_worker(config: RenderConfig, progress, threads: int | None = None) -> None:
     global _worker, _progress
+    if threads is not None:
+        # one busy thread per worker process: torch's and llvmpipe's own thread pools would only
+        # fight the other workers for the same cores
+        import torch
+        torch.set_num_threads(threads)
     from render.dataset import Synthesizer
     _worker, _progress = Synthesizer(config), progress
 
@@ -195,7 +200,8 @@ def run(job: Job, workers: int, show_progress: bool = True) -> dict:
     else:
         ctx = mp.get_context("spawn")  # fresh processes: GL contexts and torch threads do not fork well
         progress = ctx.Queue()
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, progress)) as pool:
+        os.environ.setdefault("LP_NUM_THREADS", "1")  # llvmpipe raster threads, read at context creation
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, progress, 1)) as pool:
             results = {s: pool.apply_async(_render_shard, (str(job.out), s)) for s in pending}
             while results:
                 try:

@@ -191,7 +191,8 @@ class DepthRenderer:
         # Meshes that spill over their window would bleed into neighbouring tiles: draw them alone.
         batch = [i for i, (uv, win) in enumerate(zip(projected, windows)) if win.contains(uv)]
         alone = [i for i in range(len(meshes)) if i not in set(batch)]
-        pending = batch
+        # tallest first: shelves of similar heights waste little of the atlas (and of readback)
+        pending = sorted(batch, key=lambda i: (-windows[i].height, i))
         while pending:
             placed, pending = self._pack(pending, windows)
             self._draw(placed, meshes, projected, windows, out)
@@ -223,26 +224,22 @@ class DepthRenderer:
     def _draw(self, placed, meshes, projected, windows, out) -> None:
         aw, ah = self.atlas
         n, f = self.znear, self.zfar
-        positions, indices = [], []
-        offset = 0
-        rows = 0
-        for i, tx, ty in placed:
-            verts, faces = meshes[i]
-            win = windows[i]
-            uv = projected[i]
-            # Window coordinates of the pixel-centre convention (centre of pixel k at k + 0.5),
-            # snapped to the sub-pixel grid so that every tile offset gives identical fractions.
-            xw = np.round((uv[:, 0] - win.u0 + tx + 0.5) * SUBPIXEL) / SUBPIXEL
-            yw = np.round((uv[:, 1] - win.v0 + ty + 0.5) * SUBPIXEL) / SUBPIXEL
-            z = np.asarray(verts, dtype=np.float64)[:, 2]
-            z_ndc = (f + n) / (f - n) - 2.0 * f * n / ((f - n) * z)
-            positions.append(np.stack([xw * (2.0 / aw) - 1.0, 1.0 - yw * (2.0 / ah), z_ndc], 1))
-            indices.append(np.asarray(faces, dtype=np.uint32) + offset)
-            offset += len(verts)
-            rows = max(rows, ty + win.height)
+        ids = [i for i, _, _ in placed]
+        counts = np.array([len(meshes[i][0]) for i in ids])
+        uv = np.concatenate([projected[i] for i in ids])
+        z = np.concatenate([np.asarray(meshes[i][0], dtype=np.float64)[:, 2] for i in ids])
+        shift = np.array([(tx - windows[i].u0 + 0.5, ty - windows[i].v0 + 0.5) for i, tx, ty in placed])
+        # Window coordinates of the pixel-centre convention (centre of pixel k at k + 0.5),
+        # snapped to the sub-pixel grid so that every tile offset gives identical fractions.
+        xyw = np.round((uv + np.repeat(shift, counts, axis=0)) * SUBPIXEL) / SUBPIXEL
+        z_ndc = (f + n) / (f - n) - 2.0 * f * n / ((f - n) * z)
+        positions = np.stack([xyw[:, 0] * (2.0 / aw) - 1.0, 1.0 - xyw[:, 1] * (2.0 / ah), z_ndc], 1)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        indices = np.concatenate([np.asarray(meshes[i][1], dtype=np.uint32) + np.uint32(o)
+                                  for i, o in zip(ids, first)])
+        rows = max(ty + windows[i].height for i, _, ty in placed)
         pyrender = self._pyrender
-        prim = pyrender.Primitive(positions=np.concatenate(positions).astype(np.float32),
-                                  indices=np.concatenate(indices))
+        prim = pyrender.Primitive(positions=positions.astype(np.float32), indices=indices)
         scene = pyrender.Scene()
         scene.add(pyrender.Mesh([prim]))
         scene.add(self._camera)
