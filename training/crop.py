@@ -26,7 +26,6 @@ full frame. Pixels of the crop that fall outside the window read as "no measurem
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
@@ -134,14 +133,6 @@ class Crop:
     geometry: CropGeometry
 
 
-@lru_cache(maxsize=8)
-def _grid(size: int) -> np.ndarray:
-    """(2, size*size) crop pixel offsets from the crop centre, x then y."""
-    k = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    gx, gy = np.meshgrid(k, k)
-    return np.stack([gx.ravel(), gy.ravel()])
-
-
 def _sample_nearest(depth: np.ndarray, geo: "CropGeometry", origin: tuple[int, int]) -> np.ndarray:
     """Depth (float32, flat, 0 = none) at the stored pixel nearest to each crop pixel's centre."""
     h, w = depth.shape
@@ -149,19 +140,21 @@ def _sample_nearest(depth: np.ndarray, geo: "CropGeometry", origin: tuple[int, i
     if geo.rotation_rad == 0.0:
         # Axis-aligned: rows and columns separate, so index with two short vectors.
         k = np.arange(size) - (size - 1) / 2.0
-        col = np.rint(geo.centre_uv[0] + geo.pixel_step[0] * k).astype(np.int64) - int(origin[0])
-        row = np.rint(geo.centre_uv[1] + geo.pixel_step[1] * k).astype(np.int64) - int(origin[1])
+        col = np.floor(geo.centre_uv[0] - origin[0] + 0.5 + geo.pixel_step[0] * k).astype(np.int64)
+        row = np.floor(geo.centre_uv[1] - origin[1] + 0.5 + geo.pixel_step[1] * k).astype(np.int64)
         ok_c, ok_r = (col >= 0) & (col < w), (row >= 0) & (row < h)
         d = depth[np.clip(row, 0, h - 1)[:, None], np.clip(col, 0, w - 1)[None, :]].astype(np.float32)
         d *= ok_r[:, None] & ok_c[None, :]
         return d.ravel()
+    # Rotated: u = c_u + m00 * x + m01 * y (and v alike), built by broadcasting two 1-D terms.
     m = geo._rot(1.0) * geo.pixel_step[None, :]
-    uv = m @ _grid(size) + (geo.centre_uv - np.asarray(origin, dtype=np.float64))[:, None]
-    idx = np.rint(uv).astype(np.int64)
-    col, row = np.clip(idx[0], 0, w - 1), np.clip(idx[1], 0, h - 1)
-    d = depth.ravel().take(row * w + col).astype(np.float32)
-    d *= (col == idx[0]) & (row == idx[1])
-    return d
+    k = np.arange(size) - (size - 1) / 2.0
+    c = geo.centre_uv - np.asarray(origin, dtype=np.float64) + 0.5  # +0.5: floor rounds to nearest
+    col = np.floor((m[0, 0] * k)[None, :] + (m[0, 1] * k + c[0])[:, None]).astype(np.int32).ravel()
+    row = np.floor((m[1, 0] * k)[None, :] + (m[1, 1] * k + c[1])[:, None]).astype(np.int32).ravel()
+    ok = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    flat = np.where(ok, row * w + col, 0)
+    return np.where(ok, depth.ravel().take(flat), 0).astype(np.float32)
 
 
 def crop_geometry(cam: Intrinsics, centre_uvd: np.ndarray, config: CropConfig = CropConfig(),
