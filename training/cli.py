@@ -1,0 +1,128 @@
+"""train-mapping: learn a depth hand pose estimator whose real-image features are mapped into the
+synthetic feature space (MURAUER), or one of the baselines it is measured against.
+
+    train-mapping --synthetic SHARDS --real CAPTURE [--n-labeled N --pairs SHARDS] --method M --out RUN
+    train-mapping predict --checkpoint RUN/checkpoint.pt --real CAPTURE --out PRED.txt
+
+Several GPUs: torchrun --nproc_per_node G -m training.cli ... (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.captures import CaptureError, load_capture
+from training.config import PRESETS, ConfigError, TrainConfig, preset
+from training.data import DataError
+from training.evaluate import EvalInputError
+from training.methods import REGISTRY
+from training.train import TrainingError
+
+ERRORS = (ConfigError, DataError, CaptureError, EvalInputError, TrainingError)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train-mapping", description=__doc__.split("\n\n")[0],
+                                epilog="Subcommand: 'train-mapping predict --help'. Re-running the same "
+                                       "command resumes the run in --out.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--synthetic", help="render-hands shard folder (labelled synthetic frames)")
+    p.add_argument("--real", nargs="+", default=None, metavar="CAPTURE",
+                   help="real capture folder(s) (capture.json); unlabeled frames, the first also holds the labels")
+    p.add_argument("--real-labels", metavar="FILE", help="uvd labels for the first --real capture (else its own)")
+    p.add_argument("--n-labeled", type=int, help="labelled real frames to train with: the first N")
+    p.add_argument("--pairs", metavar="DIR", help="shards rendered from the poses fitted to the labelled frames "
+                                                  "(render-hands --poses), for the embedding loss")
+    p.add_argument("--eval", metavar="CAPTURE", help="labelled capture to evaluate on during training "
+                                                     "(default: labelled frames of --real not trained on)")
+    p.add_argument("--method", choices=list(REGISTRY), help="what to train (default murauer)")
+    p.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds a checkpoint)")
+    p.add_argument("--preset", choices=list(PRESETS), default="paper",
+                   help="base settings: the paper's, or a small CPU one")
+    p.add_argument("--config", type=Path, help="JSON file of settings overriding the preset")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="where to train (default auto)")
+    p.add_argument("--max-steps", type=int, help="total steps (pre-training included)")
+    p.add_argument("--workers", type=int, help="data loader processes per GPU")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the training step")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train-mapping predict",
+                                description="uvd joint predictions for a real capture, in the format hand-eval reads")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--real", required=True, type=Path, metavar="CAPTURE")
+    p.add_argument("--out", required=True, type=Path, help="text file: one frame per line, u v d per joint")
+    p.add_argument("--centre", choices=["detect", "labels"], default="detect",
+                   help="crop around the detected hand, or the labelled palm centre")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Preset, then --config, then the command line."""
+    config = preset(args.preset)
+    if args.config is not None:
+        config = TrainConfig.from_json(args.config, config)
+    overrides = {"synthetic": args.synthetic, "real": args.real, "real_labels": args.real_labels,
+                 "n_labeled": args.n_labeled, "pairs": args.pairs, "eval": args.eval, "method": args.method,
+                 "device": args.device, "steps": args.max_steps, "workers": args.workers, "seed": args.seed,
+                 "compile": args.compile}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key in ("synthetic", "real_labels", "pairs", "eval"):
+        if key in given:
+            given[key] = str(Path(given[key]).resolve())
+    if "real" in given:
+        given["real"] = [str(Path(p).resolve()) for p in given["real"]]
+    return TrainConfig.from_dict(given, config, source="command line").validate()
+
+
+def _predict(argv: list[str]) -> int:
+    args = _predict_parser().parse_args(argv)
+    import torch
+
+    from training.predict import load_model, predict_capture, write_uvd
+    try:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise TrainingError("--device cuda: torch sees no CUDA device")
+        device = torch.device(args.device)
+        method, config = load_model(args.checkpoint, device)
+        capture = load_capture(args.real)
+        uvd = predict_capture(method, config, capture, args.centre, device)
+        write_uvd(args.out, uvd)
+    except ERRORS as err:
+        print(f"train-mapping predict: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {len(uvd)} frames, {uvd.shape[1]} joints (u v d)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:
+        return _predict(argv[1:])
+    args = _train_parser().parse_args(argv)
+    from training.train import train
+    try:
+        config = resolve_config(args)
+        summary = train(config, args.out, progress=not args.quiet)
+    except ERRORS as err:
+        print(f"train-mapping: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"train-mapping: interrupted; run the same command to resume from {args.out / 'checkpoint.pt'}",
+              file=sys.stderr)
+        return 130
+    line = f"{args.out}: {summary['steps']} steps, {summary['samples_per_s'] or 0:.1f} samples/s"
+    if "eval_mean_error_mm" in summary:
+        line += f", mean 3D error {summary['eval_mean_error_mm']:.2f} mm on {summary['eval_frames']} real frame(s)"
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""Training data: streaming synthetic shards, real captures, labelled frames and their synthetic twins.
+
+Every batch is composed of up to three kinds of frames (training.config.TrainConfig.composition):
+synthetic frames (with the crop of another view when the shards hold 3 views), labelled real
+frames (with a synthetic twin each when a paired shard set is given) and unlabeled real frames.
+All pass through the one preprocessing, training.crop.
+
+Streaming and resuming. `TrainStream` is an IterableDataset that yields whole batches; the
+DataLoader's workers (`workers` per rank) decode PNGs and crop in parallel, and hand the batches
+back round-robin, so step s of a rank is built by worker s mod W. Each residue class r of steps
+(of each rank) owns a *slot* of every source with its own deterministic order:
+- synthetic: per epoch the shard list is permuted (same permutation for every slot) and slot k
+  of K reads the shards perm[k::K] (K = ranks x workers: data sharded per DDP rank), each shard
+  shuffled within itself (render-hands samples are independent draws, so no wider shuffle
+  buffer is needed);
+- real frames: per epoch a permutation of all frames, drawn per slot.
+Augmentation of the p-th item of a slot draws from default_rng([seed, source, slot, p]). So a
+batch depends only on (seed, step, ranks, workers), and resuming at step s just counts how many
+items each slot consumed before s and skips them without decoding anything.
+
+Pairs. MURAUER's embedding loss needs, for a labelled real frame, a synthetic frame of the same
+pose: render-hands with a pose file fitted to the labelled frames (`hand-model fit LABELS --out
+P.npz`, then `render-hands --poses P.npz`) cycles through the file, so sample i shows pose
+i mod N (N = poses in the file), i.e. labelled frame i mod N.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from hand_models.joints import JOINT_NAMES, NYU14_NAMES
+from render.shards import decode_sample, iter_shard, read_manifest
+from training.captures import Capture, CaptureError, load_capture, mirror_uvd
+from training.config import TrainConfig
+from training.crop import Augmentation, AugmentParams, CropConfig, CropGeometry, crop_hand, crop_shard_sample
+from training.evaluate import EvalInputError, load_uvd
+from training.localize import centre_from_labels
+
+SYNTHETIC, LABELED, UNLABELED, ORDER = 1, 2, 3, 4   # stream ids in the random seeds
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the file and the problem."""
+
+
+# --- sources ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardSet:
+    root: Path
+    shards: tuple[tuple[Path, int], ...]   # (path, samples)
+    views: int
+    manifest: dict
+
+    def __len__(self) -> int:
+        return sum(n for _, n in self.shards)
+
+
+def open_shards(root: str | Path) -> ShardSet:
+    """A render-hands shard folder, checked for presence (not checksums: that would read it all)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: shard folder does not exist")
+    try:
+        manifest = read_manifest(root)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    shards = []
+    for rec in manifest.get("shards", []):
+        path = root / rec["name"]
+        if not path.is_file():
+            raise DataError(f"{path}: listed in the manifest but missing")
+        shards.append((path, int(rec["count"])))
+    if not shards or not sum(n for _, n in shards):
+        raise DataError(f"{root}: the manifest lists no samples")
+    return ShardSet(root, tuple(shards), int(manifest.get("views", 1)), manifest)
+
+
+@dataclass(frozen=True)
+class LabeledFrames:
+    """The first n frames of a capture with their labels (mirrored like the frames)."""
+
+    capture: Capture
+    labels_uvd: np.ndarray          # (n, J, 3)
+    joints: str
+
+    def __len__(self) -> int:
+        return len(self.labels_uvd)
+
+    def centre(self, i: int) -> np.ndarray:
+        return centre_from_labels(self.labels_uvd[i], self.joints, self.capture.intrinsics)
+
+
+def labeled_frames(capture: Capture, n: int, joints: str, labels_file: str = "") -> LabeledFrames:
+    """Labels from `labels_file` (u v d per joint in the original images) or the capture's own."""
+    if labels_file:
+        try:
+            labels = load_uvd(labels_file, len(NYU14_NAMES if joints == "nyu14" else JOINT_NAMES))
+        except EvalInputError as err:
+            raise DataError(str(err)) from None
+        if len(labels) != len(capture):
+            raise DataError(f"{labels_file}: {len(labels)} label lines for {len(capture)} frames of {capture.root}")
+        if capture.mirrored:
+            labels = mirror_uvd(labels, capture.intrinsics.width)
+        label_joints = joints
+    else:
+        if capture.labels_uvd is None:
+            raise DataError(f"{capture.root}: capture has no labels (capture.json 'labels'); labelled frames "
+                            f"need them or --real-labels FILE")
+        labels, label_joints = capture.labels_uvd, capture.label_joints
+    if label_joints != joints:
+        raise DataError(f"{capture.root}: labels are {label_joints} joints but training uses {joints}")
+    if n > len(labels):
+        raise DataError(f"{capture.root}: {n} labelled frames asked for, the capture has {len(labels)}")
+    return LabeledFrames(capture, np.asarray(labels[:n], dtype=np.float64), joints)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Raw synthetic twins grouped by the labelled frame they show: twins[k] = [files, ...]."""
+
+    twins: tuple[tuple[dict[str, bytes], ...], ...]
+
+
+def open_pairs(root: str | Path, n_labeled: int) -> Pairs:
+    """Read a (small) paired shard set into memory and group it by pose index."""
+    shards = open_shards(root)
+    poses = shards.manifest.get("poses")
+    if not isinstance(poses, dict) or "file" not in poses:
+        raise DataError(f"{shards.root}: not rendered from a pose file (render-hands --poses FILE), so its "
+                        f"samples correspond to no labelled frames")
+    from hand_models.poses import load_pose_file
+
+    pose_path = Path(poses["file"])
+    if not pose_path.is_absolute() and not pose_path.exists():
+        pose_path = shards.root / pose_path
+    try:
+        n_poses = len(load_pose_file(pose_path)[0].hand_pose)
+    except ValueError as err:
+        raise DataError(f"{shards.root}: the pose file its manifest names is needed to pair samples "
+                        f"with labelled frames: {err}") from None
+    if n_poses < n_labeled:
+        raise DataError(f"{shards.root}: rendered from {n_poses} poses but {n_labeled} labelled frames "
+                        f"need a twin each")
+    groups: list[list[dict[str, bytes]]] = [[] for _ in range(n_labeled)]
+    for path, _ in shards.shards:
+        for _, files in iter_shard(path):
+            k = int(json.loads(files["json"])["index"]) % n_poses
+            if k < n_labeled:
+                groups[k].append(files)
+    empty = [k for k, g in enumerate(groups) if not g]
+    if empty:
+        raise DataError(f"{shards.root}: no twin for labelled frame(s) {empty[:5]} (render at least "
+                        f"{n_poses} samples)")
+    return Pairs(tuple(tuple(g) for g in groups))
+
+
+@dataclass(frozen=True)
+class Sources:
+    synthetic: ShardSet
+    captures: tuple[Capture, ...]
+    unlabeled: tuple[tuple[Capture, int], ...]   # (capture, frame) for every real frame
+    labeled: LabeledFrames | None
+    pairs: Pairs | None
+
+
+def open_sources(config: TrainConfig, parts: "Parts") -> Sources:
+    """Load and validate everything a run reads, before any work is done."""
+    synthetic = open_shards(config.synthetic)
+    if parts.views and synthetic.views < 3:
+        raise DataError(f"{synthetic.root}: view prediction needs shards rendered with --views 3")
+    try:
+        captures = [load_capture(p) for p in config.real]
+    except CaptureError as err:
+        raise DataError(str(err)) from None
+    if (config.n_labeled or config.pairs) and not captures:
+        raise DataError("labelled real frames and pairs need --real CAPTURE (its first capture holds the labels)")
+    labeled = None
+    if config.n_labeled and parts.labeled:
+        labeled = labeled_frames(captures[0], config.n_labeled, config.joints, config.real_labels)
+    pairs = None
+    if config.pairs and labeled is not None and parts.pairs:
+        pairs = open_pairs(config.pairs, config.n_labeled)
+    unlabeled = tuple((c, i) for c in captures for i in range(len(c))) if parts.unlabeled else ()
+    return Sources(synthetic, tuple(captures), unlabeled, labeled, pairs)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Which kinds of frames a method's main phase reads (training.methods.Method attributes)."""
+
+    labeled: bool = False
+    unlabeled: bool = False
+    pairs: bool = False
+    views: bool = False
+
+    @classmethod
+    def of(cls, method) -> "Parts":
+        return cls(method.uses_labeled, method.uses_unlabeled, method.uses_pairs, method.uses_views)
+
+
+# --- one item of each kind -------------------------------------------------------------------
+def _augmentation(config: TrainConfig) -> Augmentation:
+    return Augmentation(config.aug_rotation_deg, config.aug_jitter_mm, tuple(config.aug_scale),
+                        config.aug_depth_noise_mm)
+
+
+def _crop_config(config: TrainConfig) -> CropConfig:
+    return CropConfig(config.cube_mm, config.crop_size)
+
+
+def synthetic_item(files: dict[str, bytes], config: TrainConfig, rng: np.random.Generator,
+                   with_view: bool) -> dict[str, np.ndarray]:
+    sample = decode_sample(files)
+    crop = crop_shard_sample(sample, _crop_config(config), _augmentation(config).sample(rng), config.joints)
+    item = {"image": crop.image[None], "pose": crop.labels.reshape(-1),
+            "centre_m": (crop.geometry.centre_xyz / 1000.0).astype(np.float32)}
+    if with_view:
+        view = next(v for v in sample["views"] if int(v["view"]) == config.view_target)
+        other = {"intrinsics": sample["intrinsics"], "nyu14_uvd": view["nyu14_uvd"],
+                 "joints_uvd": view["joints_uvd"], "depth": view["depth"], "crop_origin": view["crop_origin"]}
+        item["view"] = crop_shard_sample(other, _crop_config(config), AugmentParams(), config.joints).image[None]
+    return item
+
+
+def real_crop(capture: Capture, index: int, config: TrainConfig, augment: AugmentParams,
+              centre_uvd: np.ndarray, labels_uvd: np.ndarray | None = None):
+    return crop_hand(capture.depth_mm(index), capture.intrinsics, centre_uvd, labels_uvd,
+                     _crop_config(config), augment)
+
+
+# --- per-slot orders -------------------------------------------------------------------------
+class ShardOrder:
+    """The synthetic items of one slot: epochs of permuted shards, each shuffled within itself."""
+
+    def __init__(self, shards: ShardSet, slot: int, slots: int, seed: int) -> None:
+        if len(shards.shards) < slots:
+            raise DataError(f"{shards.root}: {len(shards.shards)} shards cannot feed {slots} loader slots "
+                            f"(ranks x workers); render with a smaller --shard-size or use fewer workers")
+        self.shards, self.slot, self.slots, self.seed = shards, slot, slots, seed
+
+    def _mine(self, epoch: int) -> list[int]:
+        perm = np.random.default_rng([self.seed, ORDER, SYNTHETIC, epoch]).permutation(len(self.shards.shards))
+        return [int(i) for i in perm[self.slot::self.slots]]
+
+    def items(self, skip: int) -> Iterator[dict[str, bytes]]:
+        epoch = 0
+        while True:
+            for shard in self._mine(epoch):
+                path, count = self.shards.shards[shard]
+                if skip >= count:
+                    skip -= count
+                    continue
+                samples = [files for _, files in iter_shard(path)]
+                if len(samples) != count:
+                    raise DataError(f"{path}: {len(samples)} samples, the manifest says {count}")
+                order = np.random.default_rng([self.seed, ORDER, SYNTHETIC, epoch, shard]).permutation(count)
+                for j in order[skip:]:
+                    yield samples[j]
+                skip = 0
+            epoch += 1
+
+
+def frame_order(n: int, slot: int, source: int, seed: int, skip: int) -> Iterator[int]:
+    """Indices 0..n-1 in a fresh permutation per epoch, for one slot, from position `skip` on."""
+    epoch, offset = divmod(skip, n)
+    while True:
+        perm = np.random.default_rng([seed, ORDER, source, slot, epoch]).permutation(n)
+        for i in perm[offset:]:
+            yield int(i)
+        epoch, offset = epoch + 1, 0
+
+
+# --- the batch stream ------------------------------------------------------------------------
+class TrainStream(IterableDataset):
+    """Endless composed batches for steps start, start+1, ... of one rank (see module doc)."""
+
+    def __init__(self, config: TrainConfig, sources: Sources, parts: Parts, rank: int = 0, world: int = 1,
+                 start_step: int = 0) -> None:
+        self.config, self.sources, self.parts = config, sources, parts
+        self.rank, self.world, self.start_step = rank, world, start_step
+
+    def composition(self, step: int) -> dict[str, int]:
+        """Frames of each kind in the batch of `step`; synthetic frames fill what is missing."""
+        c = self.config
+        if step < c.pretrain_steps:
+            return {"synthetic": c.batch_size, "labeled": 0, "unlabeled": 0}
+        labeled = round(c.batch_size * c.paired_fraction) if self.sources.labeled is not None else 0
+        unlabeled = round(c.batch_size * c.unlabeled_fraction) if self.sources.unlabeled else 0
+        return {"synthetic": c.batch_size - labeled - unlabeled, "labeled": labeled, "unlabeled": unlabeled}
+
+    def _consumed(self, residue: int, workers: int) -> dict[str, int]:
+        """Items each source of residue class `residue` used for the steps before start_step."""
+        total = {"synthetic": 0, "labeled": 0, "unlabeled": 0}
+        pre = self.config.pretrain_steps
+        for lo, hi in ((0, min(pre, self.start_step)), (min(pre, self.start_step), self.start_step)):
+            steps = _count_residue(lo, hi, residue, workers)
+            for k, v in self.composition(lo).items():
+                total[k] += steps * v
+        return total
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        w, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        residue = (self.start_step + w) % workers
+        slot, slots = self.rank * workers + residue, self.world * workers
+        seed, c, src = self.config.seed, self.config, self.sources
+        done = self._consumed(residue, workers)
+        synth = ShardOrder(src.synthetic, slot, slots, seed).items(done["synthetic"])
+        n_lab = 0 if src.labeled is None else len(src.labeled)
+        lab = frame_order(n_lab, slot, LABELED, seed, done["labeled"]) if n_lab else None
+        unl = frame_order(len(src.unlabeled), slot, UNLABELED, seed, done["unlabeled"]) if src.unlabeled else None
+        pos = dict(done)
+        centres: dict[tuple[Path, int], np.ndarray] = {}
+        aug = _augmentation(c)
+
+        def rng(source: int, key: str) -> np.random.Generator:
+            pos[key] += 1
+            return np.random.default_rng([seed, source, slot, pos[key] - 1])
+
+        step = self.start_step + w
+        while True:
+            comp = self.composition(step)
+            parts: dict[str, list[np.ndarray]] = {}
+
+            def add(name: str, value: np.ndarray) -> None:
+                parts.setdefault(name, []).append(value)
+
+            for _ in range(comp["synthetic"]):
+                item = synthetic_item(next(synth), c, rng(SYNTHETIC, "synthetic"), self.parts.views)
+                for k, v in item.items():
+                    add(f"syn_{k}", v)
+            for _ in range(comp["labeled"]):
+                k = next(lab)
+                r = rng(LABELED, "labeled")
+                frames = src.labeled
+                crop = real_crop(frames.capture, k, c, aug.sample(r), frames.centre(k), frames.labels_uvd[k])
+                add("lab_image", crop.image[None])
+                add("lab_pose", crop.labels.reshape(-1))
+                if src.pairs is not None:
+                    twins = src.pairs.twins[k]
+                    twin = synthetic_item(twins[int(r.integers(len(twins)))], c, r, False)
+                    add("pair_image", twin["image"])
+                    add("pair_pose", twin["pose"])
+            for _ in range(comp["unlabeled"]):
+                capture, i = src.unlabeled[next(unl)]
+                r = rng(UNLABELED, "unlabeled")
+                key = (capture.root, i)
+                if key not in centres:
+                    centres[key] = capture.locate(i).centre_uvd
+                add("unl_image", real_crop(capture, i, c, aug.sample(r), centres[key]).image[None])
+            yield {k: torch.from_numpy(np.stack(v)) for k, v in parts.items()}
+            step += workers
+
+
+def _count_residue(lo: int, hi: int, residue: int, m: int) -> int:
+    """How many s in [lo, hi) have s mod m == residue."""
+    def below(x: int) -> int:
+        return (x - residue + m - 1) // m if x > residue else 0
+    return max(0, below(hi) - below(lo))
+
+
+def train_loader(config: TrainConfig, sources: Sources, parts: Parts, rank: int = 0, world: int = 1,
+                 start_step: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches for steps start_step, start_step + 1, ... in order, built by `config.workers` processes."""
+    stream = TrainStream(config, sources, parts, rank, world, start_step)
+    if config.workers:
+        ShardOrder(sources.synthetic, 0, world * config.workers, config.seed)  # refuse too few shards now
+    extra = {"prefetch_factor": config.prefetch, "persistent_workers": False} if config.workers else {}
+    return DataLoader(stream, batch_size=None, num_workers=config.workers, pin_memory=pin_memory, **extra)
+
+
+# --- evaluation and prediction crops ---------------------------------------------------------
+@dataclass
+class FrameCrops:
+    images: torch.Tensor              # (N, 1, S, S)
+    geometries: list[CropGeometry]
+    frames: list[int]
+
+
+def crop_frames(capture: Capture, config: TrainConfig, frames: list[int] | None = None,
+                centres_uvd: np.ndarray | None = None) -> FrameCrops:
+    """Unaugmented crops of real frames around given centres or, by default, the detected hands."""
+    frames = list(range(len(capture))) if frames is None else frames
+    images, geos = [], []
+    for j, i in enumerate(frames):
+        centre = capture.locate(i).centre_uvd if centres_uvd is None else centres_uvd[j]
+        crop = real_crop(capture, i, config, AugmentParams(), centre)
+        images.append(crop.image[None])
+        geos.append(crop.geometry)
+    return FrameCrops(torch.from_numpy(np.stack(images)), geos, frames)
+
+
+def eval_frames(config: TrainConfig, sources: Sources) -> tuple[Capture, list[int], np.ndarray] | None:
+    """Labelled frames to evaluate on: --eval CAPTURE, else the labelled frames not trained on."""
+    if config.eval:
+        try:
+            capture = load_capture(config.eval)
+        except CaptureError as err:
+            raise DataError(str(err)) from None
+        if capture.labels_uvd is None:
+            raise DataError(f"{capture.root}: evaluation capture has no labels")
+        if capture.label_joints != config.joints:
+            raise DataError(f"{capture.root}: labels are {capture.label_joints} joints but training uses {config.joints}")
+        return capture, list(range(len(capture))), capture.labels_uvd
+    if not sources.captures:
+        return None
+    capture = sources.captures[0]
+    try:
+        frames = labeled_frames(capture, len(capture), config.joints, config.real_labels)
+    except DataError:
+        return None
+    held_out = list(range(config.n_labeled, len(capture)))
+    return (capture, held_out, frames.labels_uvd[held_out]) if held_out else None
+
+
+def batch_size_of(batch: dict[str, torch.Tensor]) -> int:
+    """Frames in a composed batch (a synthetic twin counts as a frame)."""
+    return sum(len(v) for k, v in batch.items() if k.endswith("image"))

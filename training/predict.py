@@ -1,0 +1,58 @@
+"""Joint predictions for the frames of a real capture, as uvd text files hand-eval reads.
+
+One line per frame, `u v d` per joint (pixels, pixels, mm) in the capture's own images (left
+hands are mirrored back). Frames are cropped around the detected hand, as they would be for a
+capture nobody labelled; `centre="labels"` crops around the labelled palm centre instead (the
+protocol of papers that use ground-truth centres).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.captures import Capture, mirror_uvd
+from training.config import TrainConfig
+from training.data import DataError, crop_frames
+from training.localize import centre_from_labels
+from training.methods import Method, build
+from training.train import TrainingError, load_checkpoint
+
+
+def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu")) -> tuple[Method, TrainConfig]:
+    """The trained method of a checkpoint, in eval mode."""
+    state = load_checkpoint(checkpoint)
+    try:
+        config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
+        method = build(config)
+        method.load_state_dict(state["model"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise TrainingError(f"{checkpoint}: checkpoint does not match its configuration ({err})") from None
+    return method.to(device).eval(), config
+
+
+@torch.no_grad()
+def predict_capture(method: Method, config: TrainConfig, capture: Capture, centre: str = "detect",
+                    device: torch.device = torch.device("cpu"), batch: int = 64) -> np.ndarray:
+    """(frames, joints, 3) uvd in the capture's original images."""
+    centres = None
+    if centre == "labels":
+        if capture.labels_uvd is None:
+            raise DataError(f"{capture.root}: --centre labels needs a labelled capture")
+        centres = centre_from_labels(capture.labels_uvd, capture.label_joints, capture.intrinsics)
+    crops = crop_frames(capture, config, centres_uvd=centres)
+    out = torch.cat([method.predict_real(x.to(device)).float().cpu() for x in crops.images.split(batch)]).numpy()
+    uvd = np.stack([g.to_uvd(p) for g, p in zip(crops.geometries, out)])
+    return mirror_uvd(uvd, capture.intrinsics.width) if capture.mirrored else uvd
+
+
+def write_uvd(path: str | Path, uvd: np.ndarray) -> None:
+    """One frame per line, atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    lines = [" ".join(f"{x:.4f}" for x in frame.reshape(-1)) for frame in uvd]
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
