@@ -125,7 +125,7 @@ class Synthesizer:
         if config.forearm:
             self.faces = np.concatenate([self.hand_faces, forearm_mod.FACES + self._num_hand_verts()])
         lo, hi = config.distance_mm
-        self.renderer = DepthRenderer(znear=0.25 * lo / 1000, zfar=2.5 * hi / 1000)
+        self.renderer = DepthRenderer(atlas_height=2048, znear=0.25 * lo / 1000, zfar=2.5 * hi / 1000)
         self._block: tuple[int, PoseBatch] | None = None
 
     def _num_hand_verts(self) -> int:

@@ -155,7 +155,6 @@ class DepthRenderer:
         self._renderer = _depth_only_renderer_class()(*self.atlas)
         self._camera = _ndc_camera_class()(znear=self.znear, zfar=self.zfar)
         self._flags = pyrender.RenderFlags.DEPTH_ONLY | pyrender.RenderFlags.OFFSCREEN
-        self.calls = 0
 
     def close(self) -> None:
         if self._renderer is not None:
@@ -246,7 +245,7 @@ class DepthRenderer:
         self._platform.make_current()
         self._renderer.read_rows = rows
         zbuf = self._renderer.render(scene, self._flags)
-        self.calls += 1  # pyrender frees this batch's GL buffers when the next scene is drawn
+        # (pyrender frees this batch's GL buffers when the next scene is drawn)
         for i, tx, ty in placed:
             win = windows[i]
             tile = zbuf[ty:ty + win.height, tx:tx + win.width].astype(np.float64)
