@@ -81,15 +81,15 @@ def clean_vs_kinect(n: int = 3) -> None:
 def three_views() -> None:
     import json
     synth = Synthesizer(RenderConfig(n=2, seed=3, views=3))
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8))
     for row, (key, files) in enumerate(synth.samples(0, 2)):
         label = json.loads(files["json"])
         views = [label] + label["views"]
         for col, view in enumerate(views):
             ext = "depth.png" if col == 0 else f"depth.view{col}.png"
-            _show(axes[row, col], _frame(files, ext, view, synth.config.camera), view, zoom=False)
+            _show(axes[row, col], _frame(files, ext, view, synth.config.camera), view)
             axes[row, col].set_title(f"{key} view {col} ({view['view_name']})", fontsize=9)
-    fig.suptitle("--views 3: one pose seen by the front, top and side cameras (full 640x480 frames)")
+    fig.suptitle("--views 3: one pose seen by the front, top and side cameras (windows around the hand)")
     fig.tight_layout()
     fig.savefig(DOCS / "render_views.png", dpi=80)
     synth.close()
