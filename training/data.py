@@ -373,7 +373,9 @@ def train_loader(config: TrainConfig, sources: Sources, parts: Parts, rank: int 
     if config.workers:
         ShardOrder(sources.synthetic, 0, world * config.workers, config.seed)  # refuse too few shards now
     extra = {"prefetch_factor": config.prefetch, "persistent_workers": False} if config.workers else {}
-    return DataLoader(stream, batch_size=None, num_workers=config.workers, pin_memory=pin_memory, **extra)
+    # Its own generator: worker seeds must not draw from (and so change) the global torch RNG.
+    return DataLoader(stream, batch_size=None, num_workers=config.workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(config.seed), **extra)
 
 
 # --- evaluation and prediction crops ---------------------------------------------------------

@@ -1,0 +1,266 @@
+"""train-mapping on tiny shards and the real samples: every method, overfitting, exact resume,
+predict + hand-eval, NaN stop, refused inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.cli import main
+from training.config import ConfigError, TrainConfig, lr_multiplier, preset
+from training.data import Parts, TrainStream, open_sources
+from training.evaluate import main as hand_eval
+from training.methods import REGISTRY, build, method_class
+from training.networks import Encoder, Mapping, ViewDecoder
+from training.train import load_checkpoint
+
+TINY = {"batch_size": 8, "pretrain_steps": 2, "steps": 4, "log_every": 1, "eval_every": 2,
+        "checkpoint_every": 2, "workers": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks: one intra-op thread is faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, shared):
+    """Synthetic 3-view shards, and twins of the labelled NYU frame rendered from its fitted pose."""
+    from hand_models.fitting import fit
+    from hand_models.model import HandModel
+    from hand_models.poses import save_pose_file
+    from hand_models.prior import PosePrior
+    from render.camera import NYU_KINECT, uvd_to_xyz
+
+    root = tmp_path_factory.mktemp("train")
+    render = [sys.executable, "-m", "render.cli", "--workers", "1", "--sensor", "kinect", "--quiet"]
+    subprocess.run(render + ["--n", "32", "--shard-size", "8", "--views", "3", "--out", str(root / "synth")], check=True)
+    labels = np.loadtxt(shared / "real_samples/nyu/labels_uvd.txt", ndmin=2).reshape(-1, 14, 3)
+    model = HandModel.load("open")
+    result = fit(model, PosePrior(model), uvd_to_xyz(labels, NYU_KINECT) / 1000.0, "nyu14", steps=60)
+    save_pose_file(root / "nyu_pose.npz", result.poses)
+    subprocess.run(render + ["--n", "4", "--shard-size", "4", "--poses", str(root / "nyu_pose.npz"),
+                             "--out", str(root / "pairs")], check=True)
+    real = shared / "real_samples"
+    return {"root": root, "synthetic": root / "synth", "pairs": root / "pairs", "nyu": real / "nyu",
+            "real": [real / "nyu", real / "realsense_sr305/seq_a", real / "bighand"]}
+
+
+def _config(tmp: Path, **settings) -> Path:
+    path = tmp / f"config-{len(list(tmp.glob('config-*')))}.json"
+    path.write_text(json.dumps({**TINY, **settings}))
+    return path
+
+
+def _args(data: dict, method: str, out: Path, config: Path, labeled: bool = True) -> list[str]:
+    args = ["--synthetic", str(data["synthetic"]), "--real", *map(str, data["real"]), "--method", method,
+            "--preset", "cpu-small", "--config", str(config), "--out", str(out), "--eval", str(data["nyu"]), "--quiet"]
+    if labeled:
+        args += ["--n-labeled", "1", "--pairs", str(data["pairs"])]
+    return args
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """Every method trained for 2 pre-training and 2 main steps."""
+    runs = {}
+    for method in REGISTRY:
+        run = data["root"] / f"run-{method}"
+        assert main(_args(data, method, run, _config(data["root"]))) == 0
+        runs[method] = run
+    return runs
+
+
+MAIN_TERMS = {
+    "synthetic-only": {"pose_synth"},
+    "supervised": {"pose_synth", "pose_real"},
+    "murauer": {"pose_synth", "view", "pose_real", "embedding", "adversarial", "critic"},
+    "feature-mapping": {"pose_synth", "pose_real", "embedding"},
+}
+
+
+@pytest.mark.parametrize("method", list(MAIN_TERMS))
+def test_every_method_trains(trained, method):
+    run = trained[method]
+    records = _records(run)
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(np.isfinite(v) for r in train for k, v in r.items() if k.startswith("train/"))
+    main_terms = {k[len("train/"):] for k in train[-1] if k.startswith("train/")} - {"loss"}
+    assert main_terms == MAIN_TERMS[method]
+    assert train[0]["phase"] == "pretrain" and train[-1]["phase"] == "main"
+    # The schedule's warm-up restarts when the main phase begins.
+    assert train[-1]["lr"] == pytest.approx(train[0]["lr"])
+    evals = [r for r in records if "eval_mean_error_mm" in r]
+    assert [r["step"] for r in evals] == [2, 4] and evals[-1]["eval_frames"] == 1
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == method and config["lr"] == preset("cpu-small").lr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["samples_per_s"] > 0
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+
+def test_predict_and_hand_eval_round_trip(trained, data, tmp_path, capsys):
+    run = trained["murauer"]
+    pred = tmp_path / "pred.txt"
+    assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--real", str(data["nyu"]),
+                 "--out", str(pred)]) == 0
+    rows = np.loadtxt(pred, ndmin=2)
+    assert rows.shape == (1, 42) and np.all(rows[:, 2::3] > 0)
+    capsys.readouterr()
+    assert hand_eval(["--pred", str(pred), "--gt", str(data["nyu"] / "labels_uvd.txt"), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    # The same checkpoint, frames and crops as the evaluation during training: the same error.
+    during = json.loads((run / "summary.json").read_text())["eval_mean_error_mm"]
+    assert scored["mean_error_mm"] == pytest.approx(during, abs=1e-3)
+
+
+def _tensors_equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_tensors_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_tensors_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    """6 steps straight == 3 steps, stop, resume to 6; two loader workers, phase change inside."""
+    config = _config(tmp_path, steps=6, pretrain_steps=3, checkpoint_every=3, workers=2)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(_args(data, "murauer", straight, config)) == 0
+    assert main(_args(data, "murauer", resumed, config) + ["--max-steps", "3"]) == 0
+    assert load_checkpoint(resumed / "checkpoint.pt")["step"] == 3
+    assert main(_args(data, "murauer", resumed, config)) == 0
+    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
+    for key in ("model", "optimizer", "scheduler", "critic", "critic_optimizer", "rng"):
+        assert _tensors_equal(a[key], b[key]), key
+    train = lambda run: [{k: v for k, v in r.items() if k != "samples_per_s"}  # noqa: E731
+                         for r in _records(run) if "train/loss" in r]
+    assert train(straight) == train(resumed)
+
+
+def test_resume_refuses_other_settings(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_args(data, "synthetic-only", run, _config(tmp_path, steps=2))) == 0
+    capsys.readouterr()
+    assert main(_args(data, "synthetic-only", run, _config(tmp_path, steps=4, lr=0.1))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint.pt" in err and "lr" in err
+
+
+def test_loss_goes_down_on_a_fixed_batch(data):
+    config = TrainConfig.from_dict({**TINY, "synthetic": str(data["synthetic"]), "real": [str(p) for p in data["real"]],
+                                    "n_labeled": 1, "pairs": str(data["pairs"]), "method": "murauer",
+                                    "pretrain_steps": 0, "lr_schedule": "constant"}, preset("cpu-small"))
+    parts = Parts.of(method_class("murauer"))
+    batch = next(iter(TrainStream(config, open_sources(config, parts), parts)))
+    assert {"syn_view", "lab_image", "pair_image", "unl_image"} <= set(batch)
+    torch.manual_seed(0)
+    method = build(config)
+    critic = method.make_discriminator()
+    opt = torch.optim.Adam(method.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(40):
+        terms = method(batch, False, critic)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append({k: float(v.detach()) for k, v in terms.items() if not k.startswith("critic_")})
+    for term in ("pose_synth", "pose_real"):
+        assert losses[-1][term] < 0.1 * losses[0][term], term
+    assert losses[-1]["loss"] < 0.3 * losses[0]["loss"]
+    # The embedding target (the twin's features) moves with the encoder, and view prediction,
+    # weighted 1e-4, learns slowest: both still fall clearly.
+    assert losses[-1]["embedding"] < 0.6 * losses[0]["embedding"]
+    assert losses[-1]["view"] < 0.7 * losses[0]["view"]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    config = _config(tmp_path, lr=1e30, steps=6, pretrain_steps=6, checkpoint_every=1, lr_schedule="constant")
+    assert main(_args(data, "synthetic-only", run, config, labeled=False)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "loss term 'pose_synth'" in err and "last good checkpoint" in err
+    failed_at = int(err.split("step ")[1].split(":")[0])
+    kept = load_checkpoint(run / "checkpoint.pt")
+    assert 1 <= kept["step"] <= failed_at
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_bad_inputs_give_one_clear_line(data, tmp_path, capsys):
+    config = _config(tmp_path)
+    cases = [
+        (["--synthetic", str(tmp_path / "nowhere")], "nowhere: shard folder does not exist"),
+        (["--real", str(data["real"][2])], "capture has no labels"),
+        (["--n-labeled", "5"], "5 labelled frames asked for"),
+        (["--method", "feature-mapping"], "needs corresponding real/synthetic pairs"),
+        (["--n-labeled", "0"], "needs labelled real frames"),
+    ]
+    for extra, message in cases:
+        base = ["--synthetic", str(data["synthetic"]), "--method", "supervised", "--preset", "cpu-small",
+                "--config", str(config), "--out", str(tmp_path / "run-bad"), "--quiet", "--real", str(data["nyu"]),
+                "--n-labeled", "1"]
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (extra, err)
+    assert not (tmp_path / "run-bad").exists()   # nothing written for refused input
+
+    corrupt = tmp_path / "run-corrupt"
+    corrupt.mkdir()
+    (corrupt / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    assert main(_args(data, "synthetic-only", corrupt, config, labeled=False)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint.pt: not a readable checkpoint" in err
+    assert main(["predict", "--checkpoint", str(corrupt / "checkpoint.pt"), "--real", str(data["nyu"]),
+                 "--out", str(tmp_path / "p.txt")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_networks_as_the_paper_gives_them():
+    config = TrainConfig(synthetic="x")
+    encoder = Encoder(config)
+    assert encoder.fc.in_features == 4096 and encoder.fc.out_features == 1024   # 256 channels at 4x4
+    encoder.eval()
+    assert encoder(torch.zeros(2, 1, 128, 128)).shape == (2, 1024)
+    decoder = ViewDecoder(config).eval()
+    assert decoder(torch.zeros(2, 1024), torch.zeros(2, 3)).shape == (2, 1, 128, 128)
+    # The mapping's residual blocks are non-linear (the public code's are linear plus a skip).
+    mapping = Mapping(preset("cpu-small"))
+    for p in mapping.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    a, b = torch.randn(4, 128), torch.randn(4, 128)
+    zero = mapping(torch.zeros(1, 128))
+    assert not torch.allclose(mapping(a + b) - zero, (mapping(a) - zero) + (mapping(b) - zero), atol=1e-3)
+
+
+def test_config_and_schedule():
+    with pytest.raises(ConfigError, match="unknown setting"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+    with pytest.raises(ConfigError, match="decoder_channels"):
+        TrainConfig.from_dict({"synthetic": "x", "crop_size": 64}).validate()
+    c = TrainConfig()
+    assert (c.lr, c.weight_decay, c.batch_size) == (3.3e-4, 1e-3, 64)
+    assert (c.w_pose_real, c.w_embedding, c.w_view, c.w_adversarial) == (1.0, 0.2, 1e-4, 1e-5)
+    e = c.epoch_steps
+    assert lr_multiplier(c, 0) == pytest.approx(0.1089) and lr_multiplier(c, 2 * e) == pytest.approx(0.33)
+    assert lr_multiplier(c, 10 * e) == pytest.approx(np.exp(-0.4))
+    assert lr_multiplier(c, c.pretrain_steps) == pytest.approx(0.1089)   # restarts for the main phase
