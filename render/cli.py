@@ -57,36 +57,38 @@ def render_parser() -> argparse.ArgumentParser:
         epilog="Subcommand: 'render-hands merge DIR [SLICE_DIR ...]' combines the slice manifests "
                "of a --num-shards run into DIR/manifest.json (see 'render-hands merge --help'). "
                "Re-running the same command resumes an interrupted run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+)
     p.add_argument("--n", type=_positive, required=True,
                    help="number of samples (frames of the front view) in the dataset")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder for manifest.json and shard-NNNNNN.tar files")
     p.add_argument("--seed", type=_non_negative, default=0,
                    help="seed every random choice derives from, with the sample index; the same "
-                        "seed and settings give identical samples whatever --workers is")
+                        "seed and settings give identical samples whatever --workers is (default: 0)")
     p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
                    help="worker processes, each with its own offscreen GL context (default: all cores)")
     p.add_argument("--shard-size", type=_positive, default=1024,
-                   help="samples per tar shard; shard k holds samples [k*K, (k+1)*K)")
+                   help="samples per tar shard; shard k holds samples [k*K, (k+1)*K) (default: 1024)")
     p.add_argument("--hand-model", default="open", metavar="open|PATH",
                    help="'open' for the built-in openly licensed hand, or an official MANO "
-                        "MANO_RIGHT.pkl/.npz file")
+                        "MANO_RIGHT.pkl/.npz file (default: open)")
     p.add_argument("--poses", default="prior", metavar="prior|FILE",
                    help="'prior' samples anatomically valid random poses; an .npz pose file "
                         "(hand_pose, betas, global_orient) is cycled through with small random "
-                        "perturbations")
+                        "perturbations (default: prior)")
     p.add_argument("--views", type=int, choices=(1, 3), default=1,
                    help="1: front camera only; 3: also NYU-like top and side cameras "
-                        "(KEY.depth.view1.png, KEY.depth.view2.png, labels under 'views')")
+                        "(KEY.depth.view1.png, KEY.depth.view2.png, labels under 'views'); default 1")
     p.add_argument("--sensor", choices=SENSORS, default="clean",
                    help="'clean': exact depth rounded to 1 mm; 'kinect': Kinect v1 artefacts "
-                        "(disparity quantisation, noise, edge and grazing-angle dropouts, holes)")
+                        "(disparity quantisation, noise, edge and grazing-angle dropouts, holes); "
+                        "default clean")
     p.add_argument("--camera", default="nyu", metavar="nyu|JSON",
                    help="'nyu' for the NYU Kinect (fx 588.03, fy 587.07, cx 320, cy 240, 640x480) "
-                        "or a JSON file with fx, fy, cx, cy, width, height (pixels)")
+                        "or a JSON file with fx, fy, cx, cy, width, height (pixels); default nyu")
     p.add_argument("--distance", type=float, nargs=2, default=(500.0, 1100.0), metavar=("MIN", "MAX"),
-                   help="range of palm-centre distances from the camera in mm")
+                   help="range of palm-centre distances from the camera in mm (default: 500 1100, "
+                        "as in NYU's captures)")
     p.add_argument("--no-forearm", dest="forearm", action="store_false",
                    help="leave out the forearm stub attached at the wrist (on by default because "
                         "real captures always show a forearm)")
