@@ -264,3 +264,14 @@ def test_config_and_schedule():
     assert lr_multiplier(c, 0) == pytest.approx(0.1089) and lr_multiplier(c, 2 * e) == pytest.approx(0.33)
     assert lr_multiplier(c, 10 * e) == pytest.approx(np.exp(-0.4))
     assert lr_multiplier(c, c.pretrain_steps) == pytest.approx(0.1089)   # restarts for the main phase
+
+
+def test_cuda_code_path_on_cpu(data, tmp_path):
+    """bf16 autocast and channels_last, as on CUDA, exercised on the CPU."""
+    run = tmp_path / "run"
+    config = _config(tmp_path, amp="on", channels_last="on", steps=3, pretrain_steps=1)
+    assert main(_args(data, "murauer", run, config)) == 0
+    train = [r for r in _records(run) if "train/loss" in r]
+    assert len(train) == 3 and all(np.isfinite(r["train/loss"]) for r in train)
+    state = load_checkpoint(run / "checkpoint.pt")["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())   # weights stay fp32

@@ -3,6 +3,7 @@ synthetic feature space (MURAUER), or one of the baselines it is measured agains
 
     train-mapping --synthetic SHARDS --real CAPTURE [--n-labeled N --pairs SHARDS] --method M --out RUN
     train-mapping predict --checkpoint RUN/checkpoint.pt --real CAPTURE --out PRED.txt
+    train-mapping plot RUN --out CURVES.png
 
 Several GPUs: torchrun --nproc_per_node G -m training.cli ... (see docs/training.md).
 """
@@ -10,6 +11,7 @@ Several GPUs: torchrun --nproc_per_node G -m training.cli ... (see docs/training
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +27,7 @@ ERRORS = (ConfigError, DataError, CaptureError, EvalInputError, TrainingError)
 
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train-mapping", description=__doc__.split("\n\n")[0],
-                                epilog="Subcommand: 'train-mapping predict --help'. Re-running the same "
+                                epilog="Subcommands: 'train-mapping predict --help', 'train-mapping plot --help'. Re-running the same "
                                        "command resumes the run in --out.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--synthetic", help="render-hands shard folder (labelled synthetic frames)")
@@ -101,10 +103,28 @@ def _predict(argv: list[str]) -> int:
     return 0
 
 
+def _plot(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="train-mapping plot", description="loss and evaluation curves of a run as a PNG")
+    p.add_argument("run", type=Path, help="run folder (metrics.jsonl, config.json)")
+    p.add_argument("--out", required=True, type=Path, help="PNG to write")
+    p.add_argument("--title")
+    args = p.parse_args(argv)
+    from training.curves import plot_run
+    try:
+        plot_run(args.run, args.out, args.title)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"train-mapping plot: error: {args.run}: cannot plot ({err})", file=sys.stderr)
+        return 2
+    print(args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:
         return _predict(argv[1:])
+    if argv[:1] == ["plot"]:
+        return _plot(argv[1:])
     args = _train_parser().parse_args(argv)
     from training.train import train
     try:
@@ -117,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train-mapping: interrupted; run the same command to resume from {args.out / 'checkpoint.pt'}",
               file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     line = f"{args.out}: {summary['steps']} steps, {summary['samples_per_s'] or 0:.1f} samples/s"
     if "eval_mean_error_mm" in summary:
         line += f", mean 3D error {summary['eval_mean_error_mm']:.2f} mm on {summary['eval_frames']} real frame(s)"

@@ -84,7 +84,7 @@ class TrainConfig:
     prefetch: int = 4                  # batches each worker prepares ahead
     device: str = "auto"               # auto | cuda | cpu
     amp: str = "auto"                  # bf16 autocast: auto (on for CUDA) | on | off
-    channels_last: bool = True         # on CUDA
+    channels_last: str = "auto"        # channels_last tensors: auto (on for CUDA) | on | off
     compile: bool = False              # torch.compile the training step's module
 
     def validate(self) -> "TrainConfig":
@@ -112,6 +112,8 @@ class TrainConfig:
              "epoch_steps, log_every, eval_every and checkpoint_every must be positive")
         need(self.device in ("auto", "cuda", "cpu"), f"device must be auto, cuda or cpu, got {self.device!r}")
         need(self.amp in ("auto", "on", "off"), f"amp must be auto, on or off, got {self.amp!r}")
+        need(self.channels_last in ("auto", "on", "off"),
+             f"channels_last must be auto, on or off, got {self.channels_last!r}")
         need(self.workers >= 0 and self.prefetch >= 1, "workers must be >= 0 and prefetch >= 1")
         need(not (self.n_labeled or self.pairs) or self.real, "labelled real frames need --real CAPTURE")
         return self

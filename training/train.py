@@ -41,7 +41,8 @@ from training.methods import Method, build, critic_loss, method_class
 CHECKPOINT_FORMAT = "train-mapping-checkpoint"
 CHECKPOINT_VERSION = 1
 # Settings that may change when a run is resumed: they do not change what is computed.
-RESUMABLE_CHANGES = ("steps", "log_every", "eval_every", "checkpoint_every", "device", "amp", "compile", "prefetch")
+RESUMABLE_CHANGES = ("steps", "log_every", "eval_every", "checkpoint_every", "device", "amp", "channels_last",
+                     "compile", "prefetch")
 
 
 class TrainingError(RuntimeError):
@@ -183,11 +184,15 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     device = _device(config, local_rank)
     cuda = device.type == "cuda"
     use_amp = config.amp == "on" or (config.amp == "auto" and cuda)
+    if not cuda and config.workers:
+        # The loader's processes need cores too; oversubscribed intra-op threads slow the step down.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - config.workers))
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
     torch.manual_seed(config.seed)
     method = build(config)
     critic = method.make_discriminator()
-    memory_format = torch.channels_last if (cuda and config.channels_last) else torch.preserve_format
+    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     method.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(method.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(config, s))
@@ -261,7 +266,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
                 break
             pretrain = step < config.pretrain_steps
             frames = batch_size_of(batch) * world
-            batch = _to_device(batch, device, memory_format == torch.channels_last)
+            batch = _to_device(batch, device, channels_last)
 
             with autocast():
                 terms = step_model(batch, pretrain, None if critic is None else frozen_critic)

@@ -1,0 +1,59 @@
+"""Loss curves of a run folder (metrics.jsonl) as a PNG, for people who would rather look than read."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+PANELS = (
+    ("pose (summed squared error, normalised units)", ("pose_synth", "pose_real")),
+    ("mapping and view terms (weighted)", ("embedding", "view")),
+    ("adversarial terms", ("adversarial", "critic")),
+)
+
+
+def plot_run(run: str | Path, path: str | Path, title: str | None = None) -> None:
+    """Write the curves of run folder `run` to `path` (temporary name, then rename)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run, path = Path(run), Path(path)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if "train/loss" in r]
+    evals = [r for r in records if "eval_mean_error_mm" in r]
+    config = json.loads((run / "config.json").read_text())
+    fig, axes = plt.subplots(1, len(PANELS) + 1, figsize=(4.2 * (len(PANELS) + 1), 3.8))
+    for ax, (label, terms) in zip(axes, PANELS):
+        for term in terms:
+            pts = [(r["step"], r[f"train/{term}"]) for r in train if f"train/{term}" in r]
+            if pts:
+                ax.plot(*zip(*pts), label=term)
+        ax.set_title(label, fontsize=9)
+        ax.set_yscale("log")
+    ax = axes[-1]
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_mean_error_mm"] for r in evals], "o-", color="k",
+                label=f"{evals[-1]['eval_frames']} labelled real frame(s)")
+    ax.set_title("mean 3D joint error on real frames (mm)", fontsize=9)
+    for ax in axes:
+        if 0 < config["pretrain_steps"] < (train[-1]["step"] if train else 0):
+            ax.axvline(config["pretrain_steps"], color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title or f"{config['method']}: {run.name} (dashed: end of synthetic pre-training)", fontsize=10)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
