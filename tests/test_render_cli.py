@@ -177,3 +177,14 @@ def test_help_explains_every_option(capsys):
                    "--views", "--sensor", "--camera", "--distance", "--no-forearm", "--shard-index",
                    "--num-shards", "--overwrite", "--dry-run", "--gl", "merge"):
         assert option in text
+
+
+def test_three_views_round_trip(tmp_path):
+    out = tmp_path / "views"
+    assert main(["--n", "6", "--out", str(out), "--views", "3", "--quiet", "--workers", "1"]) == 0
+    assert read_manifest(out)["views"] == 3
+    for s in iter_samples(out, verify=True):
+        assert [v["view"] for v in s["views"]] == [1, 2]
+        for v in s["views"]:
+            assert v["depth"].dtype == np.uint16 and list(v["depth"].shape) == v["crop_size"][::-1]
+            assert (v["depth"] > 0).sum() > 100
