@@ -129,7 +129,7 @@ def main() -> None:
                    help="auto: paper on CUDA, cpu-small on CPU")
     p.add_argument("--steps", type=int, default=30, help="measured training steps per method")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--loader-batches", type=int, default=30)
+    p.add_argument("--loader-batches", type=int, default=60)
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: cores - 1, at least 1)")
     p.add_argument("--methods", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
     p.add_argument("--compile", action="store_true")
@@ -184,7 +184,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section("train throughput", text)
+        write_section(f"train throughput {name} {'cuda' if cuda else 'cpu'}", text)
 
 
 if __name__ == "__main__":

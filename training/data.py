@@ -215,10 +215,10 @@ def _crop_config(config: TrainConfig) -> CropConfig:
     return CropConfig(config.cube_mm, config.crop_size)
 
 
-def synthetic_item(files: dict[str, bytes], config: TrainConfig, rng: np.random.Generator,
+def synthetic_item(files: dict[str, bytes], config: TrainConfig, augment: AugmentParams,
                    with_view: bool) -> dict[str, np.ndarray]:
     sample = decode_sample(files)
-    crop = crop_shard_sample(sample, _crop_config(config), _augmentation(config).sample(rng), config.joints)
+    crop = crop_shard_sample(sample, _crop_config(config), augment, config.joints)
     item = {"image": crop.image[None], "pose": crop.labels.reshape(-1),
             "centre_m": (crop.geometry.centre_xyz / 1000.0).astype(np.float32)}
     if with_view:
@@ -333,19 +333,21 @@ class TrainStream(IterableDataset):
                 parts.setdefault(name, []).append(value)
 
             for _ in range(comp["synthetic"]):
-                item = synthetic_item(next(synth), c, rng(SYNTHETIC, "synthetic"), self.parts.views)
+                item = synthetic_item(next(synth), c, aug.sample(rng(SYNTHETIC, "synthetic")), self.parts.views)
                 for k, v in item.items():
                     add(f"syn_{k}", v)
             for _ in range(comp["labeled"]):
                 k = next(lab)
                 r = rng(LABELED, "labeled")
-                frames = src.labeled
-                crop = real_crop(frames.capture, k, c, aug.sample(r), frames.centre(k), frames.labels_uvd[k])
+                frames, params = src.labeled, aug.sample(r)
+                crop = real_crop(frames.capture, k, c, params, frames.centre(k), frames.labels_uvd[k])
                 add("lab_image", crop.image[None])
                 add("lab_pose", crop.labels.reshape(-1))
                 if src.pairs is not None:
+                    # The twin gets the same rotation, jitter and scale: the embedding loss pulls
+                    # the two frames' features together, so they must show the hand the same way.
                     twins = src.pairs.twins[k]
-                    twin = synthetic_item(twins[int(r.integers(len(twins)))], c, r, False)
+                    twin = synthetic_item(twins[int(r.integers(len(twins)))], c, params, False)
                     add("pair_image", twin["image"])
                     add("pair_pose", twin["pose"])
             for _ in range(comp["unlabeled"]):

@@ -110,15 +110,20 @@ class Method(nn.Module):
         feats = self.encoder(torch.cat([batch[k] for k in present]))
         return dict(zip(present, feats.split([len(batch[k]) for k in present])))
 
-    def synthetic_terms(self, feats: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        terms = {"pose_synth": sq_sum(self.head(feats), batch["syn_pose"])}
+    def synthetic_terms(self, f: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pose on the synthetic frames (twins included, when encoded: one mean over all) and
+        view prediction from the synthetic frames."""
+        feats, pose = f["syn_image"], batch["syn_pose"]
+        if "pair_image" in f:
+            feats, pose = torch.cat([feats, f["pair_image"]]), torch.cat([pose, batch["pair_pose"]])
+        terms = {"pose_synth": sq_sum(self.head(feats), pose)}
         if self.uses_views and "syn_view" in batch:
-            view = self.decoder(feats, batch["syn_centre_m"])
+            view = self.decoder(f["syn_image"], batch["syn_centre_m"])
             terms["view"] = self.config.w_view * l1_sum(view, batch["syn_view"])
         return terms
 
     def pretrain_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.synthetic_terms(self.encoder(batch["syn_image"]), batch)
+        return self.synthetic_terms({"syn_image": self.encoder(batch["syn_image"])}, batch)
 
     def losses(self, batch: dict[str, torch.Tensor], critic: nn.Module | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -140,7 +145,7 @@ class Supervised(Method):
 
     def losses(self, batch, critic):
         f = self.encode(batch, ["syn_image", "lab_image"])
-        terms = self.synthetic_terms(f["syn_image"], batch)
+        terms = self.synthetic_terms(f, batch)
         if "lab_image" in f:
             terms["pose_real"] = self.config.w_pose_real * sq_sum(self.head(f["lab_image"]), batch["lab_pose"])
         return terms
@@ -170,9 +175,7 @@ class Murauer(Method):
         c = self.config
         f = self.encode(batch, ["syn_image", "pair_image", "lab_image", "unl_image"])
         syn = f["syn_image"]
-        terms = self.synthetic_terms(syn, batch)
-        if "pair_image" in f:
-            terms["pose_synth"] = terms["pose_synth"] + sq_sum(self.head(f["pair_image"]), batch["pair_pose"])
+        terms = self.synthetic_terms(f, batch)
         mapped = {k: self.mapping(f[k]) for k in ("lab_image", "unl_image") if k in f}
         if "lab_image" in mapped:
             terms["pose_real"] = c.w_pose_real * sq_sum(self.head(mapped["lab_image"]), batch["lab_pose"])

@@ -172,6 +172,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             raise TrainingError(f"{ckpt_path}: saved by {state['world']} processes, resumed with {world}; "
                                 f"the data order depends on it")
     start_step = 0 if state is None else int(state["step"])
+    if start_step >= config.steps and (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())   # already complete
 
     # Data: everything is opened and checked before any output is written.
     parts = Parts.of(method_cls)
