@@ -275,3 +275,22 @@ def test_cuda_code_path_on_cpu(data, tmp_path):
     assert len(train) == 3 and all(np.isfinite(r["train/loss"]) for r in train)
     state = load_checkpoint(run / "checkpoint.pt")["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())   # weights stay fp32
+
+
+def test_real_frame_cache_gives_the_crops_of_full_frames(shared):
+    from training.captures import load_capture
+    from training.crop import Augmentation
+    from training.data import RealFrameCache, real_crop
+
+    config = TrainConfig.from_dict({"synthetic": "x", "aug_jitter_mm": 15.0, "aug_scale": [0.9, 1.1]}, preset("cpu-small"))
+    cache = RealFrameCache(config, budget_mb=1.0)   # small: windows get dropped and decoded again
+    rng = np.random.default_rng(0)
+    captures = [load_capture(shared / "real_samples/realsense_sr305/seq_a"), load_capture(shared / "real_samples/nyu")]
+    for _ in range(3):
+        for capture in captures:
+            for i in range(len(capture)):
+                aug = Augmentation(60.0, 15.0, (0.9, 1.1), 5.0).sample(rng)
+                centre = capture.locate(i).centre_uvd
+                expected = real_crop(capture, i, config, aug, centre).image
+                assert np.array_equal(cache.crop(capture, i, aug, None).image, expected)
+    assert cache.used <= 1.0 * 2**20 or len(cache.entries) == 1

@@ -82,6 +82,7 @@ class TrainConfig:
     checkpoint_every: int = 2000
     workers: int = 8                   # DataLoader worker processes per rank
     prefetch: int = 4                  # batches each worker prepares ahead
+    real_cache_mb: float = 512.0       # per worker: decoded real frames kept (windows around the hand)
     device: str = "auto"               # auto | cuda | cpu
     amp: str = "auto"                  # bf16 autocast: auto (on for CUDA) | on | off
     channels_last: str = "auto"        # channels_last tensors: auto (on for CUDA) | on | off

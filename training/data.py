@@ -27,6 +27,7 @@ i mod N (N = poses in the file), i.e. labelled frame i mod N.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -36,10 +37,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
-from render.shards import decode_sample, iter_shard, read_manifest
+from render.shards import decode_depth_png, iter_shard, read_manifest
 from training.captures import Capture, CaptureError, load_capture, mirror_uvd
 from training.config import TrainConfig
-from training.crop import Augmentation, AugmentParams, CropConfig, CropGeometry, crop_hand, crop_shard_sample
+from training.crop import (Augmentation, AugmentParams, CropConfig, CropGeometry, crop_geometry, crop_hand,
+                           crop_shard_sample)
 from training.evaluate import EvalInputError, load_uvd
 from training.localize import centre_from_labels
 
@@ -217,14 +219,17 @@ def _crop_config(config: TrainConfig) -> CropConfig:
 
 def synthetic_item(files: dict[str, bytes], config: TrainConfig, augment: AugmentParams,
                    with_view: bool) -> dict[str, np.ndarray]:
-    sample = decode_sample(files)
+    # Decode only the PNGs used (render.shards.decode_sample would decode every view).
+    sample = json.loads(files["json"])
+    sample["depth"] = decode_depth_png(files["depth.png"])
     crop = crop_shard_sample(sample, _crop_config(config), augment, config.joints)
     item = {"image": crop.image[None], "pose": crop.labels.reshape(-1),
             "centre_m": (crop.geometry.centre_xyz / 1000.0).astype(np.float32)}
     if with_view:
         view = next(v for v in sample["views"] if int(v["view"]) == config.view_target)
-        other = {"intrinsics": sample["intrinsics"], "nyu14_uvd": view["nyu14_uvd"],
-                 "joints_uvd": view["joints_uvd"], "depth": view["depth"], "crop_origin": view["crop_origin"]}
+        other = {"intrinsics": sample["intrinsics"], "nyu14_uvd": view["nyu14_uvd"], "joints_uvd": view["joints_uvd"],
+                 "depth": decode_depth_png(files[f"depth.view{config.view_target}.png"]),
+                 "crop_origin": view["crop_origin"]}
         item["view"] = crop_shard_sample(other, _crop_config(config), AugmentParams(), config.joints).image[None]
     return item
 
@@ -233,6 +238,59 @@ def real_crop(capture: Capture, index: int, config: TrainConfig, augment: Augmen
               centre_uvd: np.ndarray, labels_uvd: np.ndarray | None = None):
     return crop_hand(capture.depth_mm(index), capture.intrinsics, centre_uvd, labels_uvd,
                      _crop_config(config), augment)
+
+
+class RealFrameCache:
+    """Decoded real frames of one loader worker, kept as the window around the hand that
+    augmented crops reach (a full 640x480 PNG decode costs more than the crop itself).
+
+    A crop whose pixels fall outside the kept window (an extreme jitter draw) decodes the frame
+    again, so cached and uncached crops are identical. Least recently used windows are dropped
+    beyond `budget_mb`.
+    """
+
+    def __init__(self, config: TrainConfig, budget_mb: float) -> None:
+        self.config, self.budget = config, budget_mb * 2**20
+        self.entries: OrderedDict[tuple[Path, int], tuple[np.ndarray, tuple[int, int], np.ndarray]] = OrderedDict()
+        self.used = 0
+
+    def _reach_px(self, capture: Capture, centre_uvd: np.ndarray) -> float:
+        """Half-width (pixels) of what a crop with rotation, scale and 5-sigma jitter can sample."""
+        c = self.config
+        sigma = 5 * c.aug_jitter_mm
+        half = c.cube_mm / 2 * max(c.aug_scale)
+        cam = capture.intrinsics
+        return (half + sigma) * np.sqrt(2) * max(cam.fx, cam.fy) / max(centre_uvd[2] - sigma, 1.0) + 2
+
+    def crop(self, capture: Capture, index: int, augment: AugmentParams, centre_uvd: np.ndarray | None,
+             labels_uvd: np.ndarray | None = None):
+        """Crop of frame `index` around `centre_uvd` (None: the detected hand, located once)."""
+        key = (capture.root, index)
+        entry = self.entries.get(key)
+        if entry is None:
+            depth = capture.depth_mm(index)
+            located = capture.locate(index).centre_uvd if centre_uvd is None else np.asarray(centre_uvd, float)
+            r = self._reach_px(capture, located)
+            u0, v0 = (max(int(located[k] - r), 0) for k in (0, 1))
+            u1, v1 = min(int(located[0] + r) + 1, depth.shape[1]), min(int(located[1] + r) + 1, depth.shape[0])
+            entry = (np.ascontiguousarray(depth[v0:v1, u0:u1]), (u0, v0), located)
+            self.entries[key] = entry
+            self.used += entry[0].nbytes
+            while self.used > self.budget and len(self.entries) > 1:
+                self.used -= self.entries.popitem(last=False)[1][0].nbytes
+        else:
+            self.entries.move_to_end(key)
+        window, origin, located = entry
+        centre = located if centre_uvd is None else centre_uvd
+        geo = crop_geometry(capture.intrinsics, centre, _crop_config(self.config), augment)
+        k = (geo.size - 1) / 2.0 + 1
+        corners = geo.virtual_to_frame_uv(geo.centre_uv + np.array([[-k, -k], [-k, k], [k, -k], [k, k]]) * geo.pixel_step)
+        lo, hi = corners.min(0) - 1, corners.max(0) + 1
+        h, w = window.shape
+        inside = lo[0] >= origin[0] and lo[1] >= origin[1] and hi[0] < origin[0] + w and hi[1] < origin[1] + h
+        if not inside:
+            return real_crop(capture, index, self.config, augment, centre, labels_uvd)
+        return crop_hand(window, capture.intrinsics, centre, labels_uvd, _crop_config(self.config), augment, origin)
 
 
 # --- per-slot orders -------------------------------------------------------------------------
@@ -317,7 +375,7 @@ class TrainStream(IterableDataset):
         lab = frame_order(n_lab, slot, LABELED, seed, done["labeled"]) if n_lab else None
         unl = frame_order(len(src.unlabeled), slot, UNLABELED, seed, done["unlabeled"]) if src.unlabeled else None
         pos = dict(done)
-        centres: dict[tuple[Path, int], np.ndarray] = {}
+        frames_cache = RealFrameCache(c, c.real_cache_mb)
         aug = _augmentation(c)
 
         def rng(source: int, key: str) -> np.random.Generator:
@@ -340,7 +398,7 @@ class TrainStream(IterableDataset):
                 k = next(lab)
                 r = rng(LABELED, "labeled")
                 frames, params = src.labeled, aug.sample(r)
-                crop = real_crop(frames.capture, k, c, params, frames.centre(k), frames.labels_uvd[k])
+                crop = frames_cache.crop(frames.capture, k, params, frames.centre(k), frames.labels_uvd[k])
                 add("lab_image", crop.image[None])
                 add("lab_pose", crop.labels.reshape(-1))
                 if src.pairs is not None:
@@ -353,10 +411,7 @@ class TrainStream(IterableDataset):
             for _ in range(comp["unlabeled"]):
                 capture, i = src.unlabeled[next(unl)]
                 r = rng(UNLABELED, "unlabeled")
-                key = (capture.root, i)
-                if key not in centres:
-                    centres[key] = capture.locate(i).centre_uvd
-                add("unl_image", real_crop(capture, i, c, aug.sample(r), centres[key]).image[None])
+                add("unl_image", frames_cache.crop(capture, i, aug.sample(r), None).image[None])
             yield {k: torch.from_numpy(np.stack(v)) for k, v in parts.items()}
             step += workers
 

@@ -42,7 +42,7 @@ CHECKPOINT_FORMAT = "train-mapping-checkpoint"
 CHECKPOINT_VERSION = 1
 # Settings that may change when a run is resumed: they do not change what is computed.
 RESUMABLE_CHANGES = ("steps", "log_every", "eval_every", "checkpoint_every", "device", "amp", "channels_last",
-                     "compile", "prefetch")
+                     "compile", "prefetch", "real_cache_mb")
 
 
 class TrainingError(RuntimeError):
