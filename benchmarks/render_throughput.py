@@ -76,6 +76,50 @@ def hand_written_loop(n: int, out: Path) -> tuple[float, float]:
     return rate, cpu_ms
 
 
+def stage_costs(n: int = 1024, sensor: str = "clean") -> dict[str, float]:
+    """CPU ms per frame of each step of one render-hands worker (one thread, as in a worker)."""
+    import torch
+
+    from render.dataset import POSE_BLOCK, RenderConfig, Synthesizer
+    from render.sensor import apply_sensor
+    from render.shards import encode_depth_png
+
+    torch.set_num_threads(1)
+    synth = Synthesizer(RenderConfig(n=n + 64, sensor=sensor))
+    list(synth.samples(0, 64))  # warm up (GL context, shaders, first allocations)
+    cost: dict[str, float] = {}
+
+    def timed(step: str, fn, *args):
+        start = time.process_time()
+        result = fn(*args)
+        cost[step] = cost.get(step, 0.0) + time.process_time() - start
+        return result
+
+    for lo in range(64, n + 64, 64):
+        timed("pose prior (hand_models)", synth._block_poses, lo // POSE_BLOCK)
+        poses = synth.poses(lo, lo + 64)
+
+        def skin():
+            with torch.no_grad():
+                out = synth.model(torch.from_numpy(poses.hand_pose), torch.from_numpy(poses.betas),
+                                  torch.from_numpy(poses.global_orient))
+            return out.vertices.double().numpy(), out.joints.double().numpy(), out.nyu14.double().numpy()
+
+        verts, joints, nyu14 = timed("skinning (hand_models)", skin)
+        posed = timed("forearm + placement", lambda: [synth._place(lo + k, poses[k:k + 1], verts[k], joints[k],
+                                                                    nyu14[k]) for k in range(64)])
+        depth = timed("rendering (atlas, GL, read-back)", synth.render_chunk, posed)
+        for p, d in zip(posed, depth):
+            win = p.windows[0]
+            rng = np.random.default_rng([0, p.index, 2])
+            mm = timed(f"sensor {sensor} (render.sensor)", apply_sensor, d[0], synth.config.camera,
+                       (win.u0, win.v0), sensor, rng)
+            timed("PNG encoding", encode_depth_png, mm)
+            timed("labels + JSON", lambda: json.dumps(synth.labels(p, 0)))
+    synth.close()
+    return {k: 1000 * v / n for k, v in cost.items()}
+
+
 def render_hands(n: int, out: Path, workers: int, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "render.cli", "--n", str(n), "--out", str(out), "--workers",
            str(workers), "--quiet", *extra]
@@ -108,6 +152,7 @@ def main() -> None:
     args = ap.parse_args()
 
     load = os.getloadavg()[0]
+    stages = {sensor: stage_costs(sensor=sensor) for sensor in ("clean", "kinect")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base, base_cpu = hand_written_loop(args.baseline_n, tmp / "baseline.tar")
@@ -147,6 +192,16 @@ def main() -> None:
         "cores / CPU time, is what the run would reach on an otherwise idle machine (for the "
         "single-process loop: 1000 / CPU ms, as if it had a core to itself). The loop's CPU time "
         "includes llvmpipe's raster threads.",
+        "",
+        "CPU time per frame of each step in one worker (one thread; 1,024 frames; "
+        "`stage_costs` in the script):",
+        "",
+        "| step | clean, ms | kinect, ms |",
+        "|---|---|---|",
+        *[f"| {step.replace(' clean', '')} | {stages['clean'][step]:.3f} | "
+          f"{stages['kinect'][step.replace('clean', 'kinect')]:.3f} |" for step in stages["clean"]],
+        f"| total | {sum(stages['clean'].values()):.3f} | {sum(stages['kinect'].values()):.3f} |",
+        "",
         "Goals (issue 3): >= 830 frames/s on this 2-core machine (500,000 frames in 10 minutes), >= 5x the "
         "hand-written loop, <= 15 KB/frame.",
         "",

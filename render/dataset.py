@@ -30,6 +30,7 @@ from hand_models.prior import PoseBatch, PosePrior
 from render import forearm as forearm_mod
 from render.camera import NYU_KINECT, Intrinsics, xyz_to_uvd
 from render.renderer import DepthRenderer, Window, bounding_window, project
+from render.sensor import SENSORS as SENSOR_MODELS
 from render.sensor import apply_sensor
 from render.shards import encode_depth_png, sample_key
 from render.views import VIEWS, transform, view_extrinsics
@@ -40,7 +41,7 @@ POSE_BLOCK = 256
 CHUNK = 64                # samples posed and rendered together (divides POSE_BLOCK)
 WINDOW_MARGIN_PX = 3     # background pixels around the hand in each window (sensor edges need 2)
 PLACEMENT_TRIES = 200
-SENSORS = ("clean", "kinect")
+SENSORS = tuple(SENSOR_MODELS)  # the sensor names render.sensor implements
 
 
 @dataclass(frozen=True)

@@ -180,24 +180,18 @@ def run(job: Job, workers: int, show_progress: bool = True) -> dict:
     total = sum(cfg.shard_range(s)[1] - cfg.shard_range(s)[0] for s in pending)
     bar = tqdm(total=total, unit="frame", disable=not show_progress, smoothing=0.05,
                desc=f"render-hands {job.out.name}")
-    records: dict[int, dict] = {}
-
-    def finish(shard: int, record: dict) -> None:
-        write_json_atomic(job.record_path(shard), record)
-        records[shard] = record
-
-    workers = max(1, min(workers, len(pending))) if pending else 1
+    workers = min(workers, len(pending))
     if workers == 1:
         progress: "queue.SimpleQueue[int]" = queue.SimpleQueue()
         _init_worker(cfg, progress)
         try:
             for shard in pending:
-                finish(shard, _render_shard(str(job.out), shard))
+                write_json_atomic(job.record_path(shard), _render_shard(str(job.out), shard))
                 while not progress.empty():
                     bar.update(progress.get())
         finally:
             _worker.close()
-    else:
+    elif workers > 1:
         ctx = mp.get_context("spawn")  # fresh processes: GL contexts and torch threads do not fork well
         progress = ctx.Queue()
         os.environ.setdefault("LP_NUM_THREADS", "1")  # llvmpipe raster threads, read at context creation
@@ -209,7 +203,7 @@ def run(job: Job, workers: int, show_progress: bool = True) -> dict:
                 except queue.Empty:
                     pass
                 for shard in [s for s, r in results.items() if r.ready()]:
-                    finish(shard, results.pop(shard).get())
+                    write_json_atomic(job.record_path(shard), results.pop(shard).get())
             while True:
                 try:
                     bar.update(progress.get_nowait())
