@@ -89,3 +89,17 @@ def test_refuses_mesh_behind_near_plane(renderer):
     verts, faces = _meshes(1)[0]
     with pytest.raises(ValueError, match="outside the renderer's range"):
         renderer.render_full(verts - [0, 0, verts[:, 2].min() - 0.1], faces, NYU_KINECT)
+
+
+def test_no_gl_backend_names_the_packages_to_install(monkeypatch):
+    import render.gl as gl
+
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
+    monkeypatch.setattr(gl, "probe", lambda backend: "cannot open display")
+    with pytest.raises(gl.GLUnavailable) as err:
+        gl.choose_backend()
+    message = str(err.value)
+    assert "egl: cannot open display" in message and "osmesa: cannot open display" in message
+    assert "libegl1" in message and "libosmesa6" in message and "pyrender-maintained" in message
+    with pytest.raises(gl.GLUnavailable, match="unsupported"):
+        gl.choose_backend("vulkan")
