@@ -275,6 +275,8 @@ def test_cuda_code_path_on_cpu(data, tmp_path):
     assert len(train) == 3 and all(np.isfinite(r["train/loss"]) for r in train)
     state = load_checkpoint(run / "checkpoint.pt")["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())   # weights stay fp32
+    assert main(_args(data, "murauer", run, config) + ["--max-steps", "4"]) == 0   # resumed into channels_last
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
 
 
 def test_real_frame_cache_gives_the_crops_of_full_frames(shared):

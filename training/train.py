@@ -130,6 +130,16 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_la
     return out
 
 
+def _match_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer state the strides of its parameters (channels_last on CUDA): fused
+    kernels walk parameter and state memory in the same order."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    optimizer.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 # --- evaluation --------------------------------------------------------------------------------
 class RealEvaluation:
     """Mean 3D error (mm) on labelled real frames, cropped around the detected hand as at test time."""
@@ -185,6 +195,10 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     # Device, networks, optimizers, schedules.
     device = _device(config, local_rank)
     cuda = device.type == "cuda"
+    if config.compile and not cuda:
+        # torch 2.13's inductor CPU backend segfaults in a generated backward kernel of the
+        # murauer step (docs/training.md); compilation is for the CUDA path.
+        raise TrainingError("--compile is for CUDA; on the CPU train without it")
     use_amp = config.amp == "on" or (config.amp == "auto" and cuda)
     if not cuda and config.workers:
         # The loader's processes need cores too; oversubscribed intra-op threads slow the step down.
@@ -205,6 +219,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     if state is not None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        _match_layout(optimizer)
         scheduler.load_state_dict(state["scheduler"])
         if critic is not None:
             critic.load_state_dict(state["critic"])
@@ -215,7 +230,12 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
     model = DDP(method, find_unused_parameters=True) if world > 1 else method
     critic_train = DDP(critic) if (critic is not None and world > 1) else critic
-    step_model = torch.compile(model) if config.compile else model
+    if config.compile:
+        # The convolutional networks (nearly all the compute) compiled in place, so state_dict
+        # keys are unchanged; two batch shapes (pre-training, main phase), so no dynamic shapes.
+        for net in (getattr(method, name, None) for name in ("encoder", "decoder")):
+            if net is not None:
+                net.compile(dynamic=False)
 
     def frozen_critic(features: torch.Tensor) -> torch.Tensor:
         """The discriminator as the mapping sees it: gradients reach the features, not its weights."""
@@ -271,7 +291,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             batch = _to_device(batch, device, channels_last)
 
             with autocast():
-                terms = step_model(batch, pretrain, None if critic is None else frozen_critic)
+                terms = model(batch, pretrain, None if critic is None else frozen_critic)
             names = [k for k in terms if not k.startswith("critic_")]
             values = torch.stack([terms[k].detach().float() for k in names])
             optimizer.zero_grad(set_to_none=True)
