@@ -228,8 +228,10 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         torch.set_rng_state(state["rng"]["torch"])
         if cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
-    model = DDP(method, find_unused_parameters=True) if world > 1 else method
-    critic_train = DDP(critic) if (critic is not None and world > 1) else critic
+    # Unused parameters: pre-training leaves the mapping out, feature-mapping freezes the head.
+    ids = [local_rank] if cuda else None
+    model = DDP(method, device_ids=ids, find_unused_parameters=True) if world > 1 else method
+    critic_train = DDP(critic, device_ids=ids) if (critic is not None and world > 1) else critic
     if config.compile:
         # The convolutional networks (nearly all the compute) compiled in place, so state_dict
         # keys are unchanged; two batch shapes (pre-training, main phase), so no dynamic shapes.
