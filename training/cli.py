@@ -28,8 +28,7 @@ ERRORS = (ConfigError, DataError, CaptureError, EvalInputError, TrainingError)
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train-mapping", description=__doc__.split("\n\n")[0],
                                 epilog="Subcommands: 'train-mapping predict --help', 'train-mapping plot --help'. Re-running the same "
-                                       "command resumes the run in --out.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                       "command resumes the run in --out.")
     p.add_argument("--synthetic", help="render-hands shard folder (labelled synthetic frames)")
     p.add_argument("--real", nargs="+", default=None, metavar="CAPTURE",
                    help="real capture folder(s) (capture.json); unlabeled frames, the first also holds the labels")
@@ -42,7 +41,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=list(REGISTRY), help="what to train (default murauer)")
     p.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds a checkpoint)")
     p.add_argument("--preset", choices=list(PRESETS), default="paper",
-                   help="base settings: the paper's, or a small CPU one")
+                   help="base settings: the paper's (default), or a small CPU one; unset options come from it")
     p.add_argument("--config", type=Path, help="JSON file of settings overriding the preset")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="where to train (default auto)")
     p.add_argument("--max-steps", type=int, help="total steps (pre-training included)")
