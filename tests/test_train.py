@@ -296,3 +296,31 @@ def test_real_frame_cache_gives_the_crops_of_full_frames(shared):
                 expected = real_crop(capture, i, config, aug, centre).image
                 assert np.array_equal(cache.crop(capture, i, aug, None).image, expected)
     assert cache.used <= 1.0 * 2**20 or len(cache.entries) == 1
+
+
+def test_ranks_read_disjoint_shards(data):
+    # Without augmentation a frame's targets identify it (its pose relative to its palm centre).
+    config = TrainConfig.from_dict({**TINY, "synthetic": str(data["synthetic"]), "method": "synthetic-only",
+                                    "aug_rotation_deg": 0.0, "aug_jitter_mm": 0.0, "aug_depth_noise_mm": 0.0},
+                                   preset("cpu-small"))
+    parts = Parts.of(method_class("synthetic-only"))
+    sources = open_sources(config, parts)
+    poses = []
+    for rank in (0, 1):
+        stream = iter(TrainStream(config, sources, parts, rank=rank, world=2))
+        poses.append(torch.cat([next(stream)["syn_pose"] for _ in range(2)]))   # 16 of each rank's 16 frames
+    # 4 shards of 8 frames, 2 per rank: together the ranks saw all 32 frames once.
+    frames = [{tuple(np.round(p.numpy(), 4)) for p in rank_poses} for rank_poses in poses]
+    assert len(frames[0]) == len(frames[1]) == 16 and not frames[0] & frames[1]
+
+
+def test_torchrun_two_processes(data, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training.cli",
+           *_args(data, "murauer", run, _config(tmp_path, workers=1))]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert [r["step"] for r in _records(run) if "train/loss" in r] == [1, 2, 3, 4]
