@@ -141,12 +141,13 @@ def _tensors_equal(a, b) -> bool:
 
 
 def test_resume_continues_exactly(data, tmp_path):
-    """6 steps straight == 3 steps, stop, resume to 6; two loader workers, phase change inside."""
-    config = _config(tmp_path, steps=6, pretrain_steps=3, checkpoint_every=3, workers=2)
+    """7 steps straight == 5 steps, stop, resume to 7; two loader workers (the resumed run starts
+    at an odd step, so worker 0 continues worker 1's share), phase change before the stop."""
+    config = _config(tmp_path, steps=7, pretrain_steps=3, checkpoint_every=3, workers=2)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(_args(data, "murauer", straight, config)) == 0
-    assert main(_args(data, "murauer", resumed, config) + ["--max-steps", "3"]) == 0
-    assert load_checkpoint(resumed / "checkpoint.pt")["step"] == 3
+    assert main(_args(data, "murauer", resumed, config) + ["--max-steps", "5"]) == 0
+    assert load_checkpoint(resumed / "checkpoint.pt")["step"] == 5
     assert main(_args(data, "murauer", resumed, config)) == 0
     a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(resumed / "checkpoint.pt")
     for key in ("model", "optimizer", "scheduler", "critic", "critic_optimizer", "rng"):
