@@ -85,6 +85,11 @@ class Method(nn.Module):
     def make_discriminator(self) -> nn.Module | None:
         return None
 
+    def critic_loss(self, critic: nn.Module, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The discriminator's loss for this step, from the detached "critic_real" and
+        "critic_synth" tensors `forward` returned (override for e.g. a history buffer)."""
+        return critic_loss(critic, terms["critic_real"], terms["critic_synth"])
+
     # --- inference -----------------------------------------------------------------------------
     def real_features(self, images: torch.Tensor) -> torch.Tensor:
         """Features of real frames as the pose head sees them."""

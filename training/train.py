@@ -36,7 +36,7 @@ from tqdm import tqdm
 from training.config import ConfigError, TrainConfig, lr_multiplier
 from training.data import Parts, batch_size_of, crop_frames, eval_frames, open_sources, train_loader
 from training.evaluate import evaluate_uvd
-from training.methods import Method, build, critic_loss, method_class
+from training.methods import Method, build, method_class
 
 CHECKPOINT_FORMAT = "train-mapping-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -302,7 +302,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             scheduler.step()
             if critic is not None and "critic_real" in terms:
                 with autocast():
-                    d_loss = critic_loss(critic_train, terms["critic_real"], terms["critic_synth"])
+                    d_loss = method.critic_loss(critic_train, terms)
                 critic_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
                 critic_opt.step()
