@@ -234,3 +234,7 @@ def critic_loss(critic: nn.Module, real: torch.Tensor, synth: torch.Tensor) -> t
     as DistributedDataParallel wants)."""
     scores = critic(torch.cat([real, synth])).float()
     return (scores[:len(real)] - 1).pow(2).mean() + scores[len(real):].pow(2).mean()
+
+
+# Methods defined in modules of their own register themselves on import.
+from training import aign, simgan  # noqa: E402,F401  (registration side effect)

@@ -1,0 +1,139 @@
+"""SimGAN (Shrivastava et al., CVPR 2017): refine synthetic depth crops until a local patch
+discriminator cannot tell them from real ones, then learn pose from the refined crops.
+
+Parts, as the paper gives them:
+- refiner: a conv, a stack of ResNet blocks and a 1x1 conv to one channel, tanh output. It is
+  written as tanh(atanh(x) + r(x)) with r's last layer starting at zero, so the refiner starts as
+  the identity and the pose estimator is never trained on noise while the adversary warms up;
+- self-regularisation: per-pixel L1 between refined and synthetic crop, which keeps the hand
+  where it was, so the synthetic labels stay valid for the refined crop;
+- local adversarial loss: a fully convolutional discriminator scores each patch (receptive field
+  about a quarter of the crop) as real or refined, least squares per patch;
+- history buffer: half of every discriminator batch of refined crops is drawn from crops the
+  refiner made at earlier steps, and half of the fresh crops then replace random buffer entries
+  (the buffer lives in the method's state, so a resumed run continues with the same buffer).
+
+Schedule (one run): pre-training learns pose from synthetic crops only (as every method does);
+the main phase trains refiner, discriminator and pose estimator together, the estimator on the
+crops of the current refiner (detached: the pose loss does not teach the refiner to make pose
+easy, only the discriminator and self-regularisation shape it). The identity start makes this a
+continuous curriculum from synthetic to refined crops instead of a second run.
+Real frames go straight into the estimator at test time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.config import TrainConfig
+from training.methods import Method, critic_loss, register, sq_sum
+
+W_REALISM = 1.0          # least-squares realism term of the refiner
+W_SELF_REG = 1.0         # per-pixel L1 to the synthetic input (crops in [-1, 1])
+HISTORY_BATCHES = 50     # buffer size in batches (public implementations use ~100; fp16 here)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(ch, ch, 3, padding=1), nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class Refiner(nn.Module):
+    """Synthetic crop (B, 1, S, S) in [-1, 1] -> refined crop of the same size, identity at start."""
+
+    def __init__(self, channels: int, blocks: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, channels, 5, padding=2)
+        self.blocks = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
+        self.out = nn.Conv2d(channels, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.out(self.blocks(F.relu(self.stem(x))))
+        return torch.tanh(torch.atanh(x.float().clamp(-0.999, 0.999)) + residual.float()).to(x.dtype)
+
+
+class PatchDiscriminator(nn.Module):
+    """Crop -> (B, S/8, S/8) realism scores, one per local patch (least squares: real 1, refined 0)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c, 5, 2, 2), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 3, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 2 * c, 3, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+class HistoryBuffer(nn.Module):
+    """Refined crops of earlier steps (Shrivastava et al. 2017, sec. 2.3), kept as module buffers
+    so that checkpoints carry them."""
+
+    def __init__(self, capacity: int, size: int) -> None:
+        super().__init__()
+        self.register_buffer("images", torch.zeros(capacity, 1, size, size, dtype=torch.float16))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def mix(self, fresh: torch.Tensor) -> torch.Tensor:
+        """A discriminator batch of len(fresh) crops: half fresh, half from the buffer (all fresh
+        while the buffer holds fewer than half a batch); then half the fresh crops go in."""
+        n, half = len(fresh), len(fresh) // 2
+        filled = int(self.count)
+        if filled >= half and half > 0:
+            old = self.images[torch.randint(filled, (half,), device=fresh.device)].to(fresh.dtype)
+            batch = torch.cat([fresh[:n - half], old])
+        else:
+            batch = fresh
+        new = fresh[torch.randperm(n, device=fresh.device)[:max(half, 1)]].to(self.images.dtype)
+        capacity = len(self.images)
+        room = min(capacity - filled, len(new))
+        if room:
+            self.images[filled:filled + room] = new[:room]
+            self.count += room
+        if room < len(new):
+            slots = torch.randperm(capacity, device=fresh.device)[:len(new) - room]
+            self.images[slots] = new[room:]
+        return batch
+
+
+@register("simgan")
+class SimGAN(Method):
+    """Refiner + local patch discriminator with history; pose estimator trained on refined crops."""
+
+    uses_unlabeled = True
+    has_discriminator = True
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        self.refiner = Refiner(2 * config.stem_channels, 2 * config.blocks_per_stage)
+        synthetic = config.batch_size - round(config.batch_size * config.unlabeled_fraction)
+        self.history = HistoryBuffer(HISTORY_BATCHES * max(synthetic // 2, 1), config.crop_size)
+
+    def make_discriminator(self) -> nn.Module:
+        return PatchDiscriminator(2 * self.config.stem_channels)
+
+    def critic_loss(self, critic: nn.Module, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return critic_loss(critic, terms["critic_real"], self.history.mix(terms["critic_synth"]))
+
+    def losses(self, batch, critic):
+        syn = batch["syn_image"]
+        refined = self.refiner(syn)
+        terms = {"self_reg": W_SELF_REG * (refined.float() - syn.float()).abs().mean()}
+        terms["pose_synth"] = sq_sum(self.head(self.encoder(refined.detach())), batch["syn_pose"])
+        if critic is not None and "unl_image" in batch:
+            terms["realism"] = W_REALISM * (critic(refined).float() - 1).pow(2).mean()
+            terms["critic_real"] = batch["unl_image"].detach()
+            terms["critic_synth"] = refined.detach()
+        return terms
