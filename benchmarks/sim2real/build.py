@@ -1,0 +1,293 @@
+"""Build the sim-to-real benchmark's data: a clean synthetic source and a reproducible target domain.
+
+    python benchmarks/sim2real/build.py --preset small --out /tmp/sim2real_small [--seed 0]
+
+The target domain is a STAND-IN for real captures (see docs/sim2real.md and target.py): NYU test
+poses, out-of-distribution hand shapes, a Kinect model with real-capture hole patterns, and
+forearm / body / table / wall surfaces, as full 640x480 frames. Layout of DIR:
+
+    build.json                 preset, seed, counts, commands, timings, checksums, localisation rate
+    source/                    render-hands shards: clean sensor, prior poses, --views 3
+    target_train_poses.npz     pose file of the target_train frames, in order (with transl)
+    pairs/                     render-hands --poses target_train_poses.npz --views 1 --sensor clean
+    target_test/               capture folder, labelled (labels_uvd.txt, nyu14)
+    target_train/              capture folder, labelled: the pool the runner takes its first n from
+    target_unlabeled/          capture folder without labels
+
+Same preset and seed give identical files (build.json's checksums; timings excepted). Re-running
+into the same DIR resumes render-hands and rewrites the target folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import target as tgt  # noqa: E402
+
+DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+NYU_LABELS = Path("eval_anchors/nyu/nyu_test_groundtruth_label.txt")
+REAL_CAPTURES = [Path("real_samples/nyu"), Path("real_samples/bighand"), Path("real_samples/realsense_sr305/seq_a")]
+CHUNK = 32          # target frames per task
+LOCATE_EVERY = 10   # localisation is measured on every test frame and every 10th other frame
+SPLIT_FOLDERS = {"test": "target_test", "train": "target_train", "unlabeled": "target_unlabeled"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    source: int       # source frames (three views each)
+    test: int
+    train: int
+    unlabeled: int
+    fit_steps: int    # pose-fitting iterations per NYU frame
+    shard_size: int = 1024
+
+
+PRESETS = {
+    "tiny": Preset(source=16, test=3, train=4, unlabeled=3, fit_steps=60, shard_size=8),
+    "small": Preset(source=4000, test=300, train=1000, unlabeled=1000, fit_steps=150),
+    "paper": Preset(source=100_000, test=2000, train=10_000, unlabeled=20_000, fit_steps=200),
+}
+
+
+class BuildError(Exception):
+    """Bad input or a failed step; main prints the message as one line."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Build the sim-to-real benchmark data (source shards, stand-in target domain).")
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS),
+                   help="small: ~3 min on 2 CPU cores; paper: paper-sized, for a GPU machine; tiny: tests")
+    p.add_argument("--out", required=True, type=Path, help="output folder (layout in docs/sim2real.md)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    for name in ("source", "test", "train", "unlabeled"):
+        p.add_argument(f"--{name}", type=int, default=None, metavar="N", help=f"override the preset's {name} frame count")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for target frames (default: all cores)")
+    p.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
+                   help="the shared data folder with eval_anchors/ and real_samples/ (default: ../shared beside the repo)")
+    p.add_argument("--overwrite", action="store_true", help="let render-hands replace a different dataset in DIR")
+    return p.parse_args(argv)
+
+
+def folder_checksum(root: Path, pattern: str = "*") -> str:
+    """sha256 over the names and sha256s of the folder's files matching `pattern` (sorted)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.glob(pattern) if p.is_file()):
+        h.update(f"{path.relative_to(root)} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    if not args.shared.is_dir():
+        raise BuildError(f"{args.shared}: shared data folder not found (needs {NYU_LABELS} and real_samples/; "
+                         f"give --shared)")
+    for rel in [NYU_LABELS] + REAL_CAPTURES:
+        if not (args.shared / rel).exists():
+            raise BuildError(f"{args.shared / rel}: missing from the shared data folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        probe = args.out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise BuildError(f"{args.out}: cannot write there ({err.strerror or err})") from None
+    if args.workers < 1:
+        raise BuildError(f"--workers must be >= 1, got {args.workers}")
+
+
+def render_hands(args_list: list[str], cwd: Path, log: Path) -> tuple[list[str], subprocess.Popen]:
+    """Start render-hands in `cwd`, its output going to `log`."""
+    cmd = [sys.executable, "-m", "render.cli", *args_list, "--quiet"]
+    with open(log, "w") as fh:
+        return cmd, subprocess.Popen(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def wait(proc: subprocess.Popen, log: Path) -> None:
+    if proc.wait() != 0:
+        lines = log.read_text().strip().splitlines() if log.exists() else []
+        raise BuildError(f"render-hands failed (exit {proc.returncode}, log {log}): {lines[-1] if lines else ''}")
+
+
+# --- target frames in worker processes ---------------------------------------------------------
+_worker: dict = {}
+
+
+def _init_worker(holes: tgt.HolePatterns, seed: int, fitted: dict[str, tgt.FittedPoses]) -> None:
+    import torch
+
+    from hand_models.model import HandModel
+    torch.set_num_threads(1)
+    _worker.update(synth=tgt.TargetSynthesizer(HandModel.load("open"), holes, seed), fitted=fitted)
+
+
+def _render_chunk(split: str, start: int, stop: int, folder: str) -> list[dict]:
+    """Write frames start..stop-1 of a split as PNGs into `folder`; return their labels and poses."""
+    from render.shards import encode_depth_png
+
+    frames = _worker["synth"].frames(split, start, stop, _worker["fitted"][split])
+    out = []
+    for i, f in zip(range(start, stop), frames):
+        (Path(folder) / f"{i:06d}.png").write_bytes(encode_depth_png(f.depth_mm))
+        located = None
+        if split == "test" or i % LOCATE_EVERY == 0:
+            located = tgt.locate_error_mm(f.depth_mm, f.nyu14_uvd)
+        out.append({"index": i, "uvd": f.nyu14_uvd, "hand_pose": f.pose.hand_pose[0], "betas": f.pose.betas[0],
+                    "global_orient": f.pose.global_orient[0], "transl": f.transl_m, "locate_mm": located})
+    return out
+
+
+def build_split(split: str, n: int, out: Path, pool: futures.Executor, meta: dict) -> list[dict]:
+    folder = out / SPLIT_FOLDERS[split]
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    jobs = [pool.submit(_render_chunk, split, s, min(s + CHUNK, n), str(tmp)) for s in range(0, n, CHUNK)]
+    rows: list[dict] = []
+    with tqdm(total=n, desc=f"target {split}", unit="frame") as bar:
+        for job in futures.as_completed(jobs):
+            part = job.result()
+            rows += part
+            bar.update(len(part))
+    rows.sort(key=lambda r: r["index"])
+    labelled = split != "unlabeled"
+    tgt.finish_capture(tmp, folder, [r["uvd"] for r in rows] if labelled else None, meta)
+    return rows
+
+
+def build(args: argparse.Namespace) -> dict:
+    preset = PRESETS[args.preset]
+    counts = {k: getattr(args, k) for k in ("source", "test", "train", "unlabeled") if getattr(args, k) is not None}
+    bad = [f"--{k} {v}" for k, v in counts.items() if v < 1]
+    if bad:
+        raise BuildError(f"frame counts must be >= 1: {', '.join(bad)}")
+    preset = replace(preset, **counts)
+    check_inputs(args)
+    out = args.out.resolve()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    commands: dict = {"build": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []}
+    extra = ["--overwrite"] if args.overwrite else []
+
+    # The source renders in the background while the target is built (render-hands resumes).
+    source_cmd, source_proc = render_hands(
+        ["--n", str(preset.source), "--out", "source", "--views", "3", "--sensor", "clean", "--seed", str(args.seed),
+         "--shard-size", str(preset.shard_size), "--workers", "1", *extra], out, out / ".source.log")
+    commands["source"] = {"cwd": ".", "argv": ["render-hands", *source_cmd[3:]]}
+    pairs_proc = None
+    try:
+        from hand_models.model import HandModel
+        from hand_models.poses import save_pose_file
+        from hand_models.prior import PosePrior
+
+        t = time.perf_counter()
+        model = HandModel.load("open")
+        prior = PosePrior(model)
+        labels = tgt.load_nyu_labels(args.shared / NYU_LABELS)
+        splits = tgt.split_nyu(len(labels), args.seed)
+        holes = tgt.HolePatterns.measure([args.shared / c for c in REAL_CAPTURES])
+        sizes = {"test": preset.test, "train": preset.train, "unlabeled": preset.unlabeled}
+        fitted = {}
+        for split in tgt.SPLITS:
+            frames = splits[split][:min(sizes[split], len(splits[split]))]
+            fitted[split] = tgt.fit_nyu(model, prior, labels, frames, preset.fit_steps)
+        timings["fit_s"] = time.perf_counter() - t
+        print(f"fitted {sum(len(f.nyu_index) for f in fitted.values())} NYU poses in {timings['fit_s']:.1f} s", flush=True)
+
+        t = time.perf_counter()
+        rows = {}
+        ctx = multiprocessing.get_context("spawn")  # a fresh GL context and torch per worker
+        with futures.ProcessPoolExecutor(args.workers, ctx, initializer=_init_worker,
+                                         initargs=(holes, args.seed, fitted)) as pool:
+            for split in tgt.SPLITS:
+                meta = {"sensor": "STAND-IN target domain of benchmarks/sim2real (synthetic: Kinect v1 model, "
+                                  "real-capture hole patterns, NYU poses, out-of-distribution hand shapes, scene surfaces)",
+                        "nyu_test_frames": [int(i) for i in fitted[split].nyu_index],
+                        "seed": args.seed, "split": split}
+                rows[split] = build_split(split, sizes[split], out, pool, meta)
+                if split == "train":
+                    r = rows["train"]
+                    batch = tgt.PoseBatch(np.stack([x["hand_pose"] for x in r]).astype(np.float32),
+                                          np.stack([x["betas"] for x in r]).astype(np.float32),
+                                          np.stack([x["global_orient"] for x in r]).astype(np.float32))
+                    k = np.arange(len(r)) % len(fitted["train"].nyu_index)
+                    save_pose_file(out / "target_train_poses.npz", batch,
+                                   transl=np.stack([x["transl"] for x in r]).astype(np.float64),
+                                   residual_mm=fitted["train"].residual_mm[k].astype(np.float32),
+                                   nyu_index=fitted["train"].nyu_index[k].astype(np.int64))
+                    (out / "pairs").mkdir(exist_ok=True)
+                    pairs_cmd, pairs_proc = render_hands(
+                        ["--poses", "../target_train_poses.npz", "--n", str(preset.train), "--out", ".",
+                         "--views", "1", "--sensor", "clean", "--seed", str(args.seed), "--shard-size",
+                         str(preset.shard_size), "--workers", "1", *extra], out / "pairs", out / ".pairs.log")
+                    commands["pairs"] = {"cwd": "pairs", "argv": ["render-hands", *pairs_cmd[3:]]}
+        timings["target_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        wait(source_proc, out / ".source.log")
+        wait(pairs_proc, out / ".pairs.log")
+        timings["wait_render_hands_s"] = time.perf_counter() - t
+    except BaseException:
+        for proc in (source_proc, pairs_proc):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        raise
+    timings["total_s"] = time.perf_counter() - t0
+
+    located = [r["locate_mm"] for split in tgt.SPLITS for r in rows[split] if r["locate_mm"] is not None]
+    test_located = [r["locate_mm"] for r in rows["test"]]
+    checksums = {"source": folder_checksum(out / "source", "shard-*.tar"),
+                 "pairs": folder_checksum(out / "pairs", "shard-*.tar"),
+                 "target_train_poses.npz": hashlib.sha256((out / "target_train_poses.npz").read_bytes()).hexdigest()}
+    checksums.update({SPLIT_FOLDERS[s]: folder_checksum(out / SPLIT_FOLDERS[s]) for s in tgt.SPLITS})
+    record = {
+        "format": "sim2real-build", "version": 1, "preset": args.preset, "seed": args.seed,
+        "counts": {k: v for k, v in asdict(preset).items() if k in ("source", "test", "train", "unlabeled")},
+        "settings": asdict(preset),
+        "stand_in": "the target domain is synthetic, a reproducible stand-in for real captures (docs/sim2real.md)",
+        "commands": commands,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "machine": {"cpus": os.cpu_count(), "workers": args.workers},
+        "checksums": checksums,
+        "nyu_split": {s: {"pool": int(len(splits[s])), "fitted": int(len(fitted[s].nyu_index)),
+                          "fit_residual_mm_median": round(float(np.median(fitted[s].residual_mm)), 3)}
+                      for s in tgt.SPLITS},
+        "target_shapes": {"size_sd": list(tgt.SHAPE_SD_RANGE), "extra_directions": tgt.EXTRA_SHAPE_DIRECTIONS},
+        "sensor_units": [asdict(u) for u in tgt.sensor_units(args.seed)],
+        "hole_patterns": holes.summary(),
+        "localization": {"test": tgt.summarize_locate(test_located), "all_measured": tgt.summarize_locate(located)},
+    }
+    tmp = out / "build.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(out / "build.json")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        record = build(args)
+    except (BuildError, tgt.TargetError) as err:
+        print(f"sim2real build: {err}", file=sys.stderr)
+        return 1
+    loc = record["localization"]["test"]
+    print(f"built {args.out} in {record['timings_s']['total_s']:.0f} s: {record['counts']}; hand localised on "
+          f"{100 * loc['hit_rate']:.1f} % of target_test frames (within {loc['tolerance_mm']:.0f} mm)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
