@@ -117,12 +117,14 @@ class SimGAN(Method):
 
     def __init__(self, config: TrainConfig) -> None:
         super().__init__(config)
-        self.refiner = Refiner(2 * config.stem_channels, 2 * config.blocks_per_stage)
+        # Sized from the encoder's stem: 32 channels and 10 blocks with the paper's networks (the
+        # SimGAN paper's NYU refiner has 64 and 10), 8 and 2 with cpu-small.
+        self.refiner = Refiner(config.stem_channels, 2 * config.blocks_per_stage)
         synthetic = config.batch_size - round(config.batch_size * config.unlabeled_fraction)
         self.history = HistoryBuffer(HISTORY_BATCHES * max(synthetic // 2, 1), config.crop_size)
 
     def make_discriminator(self) -> nn.Module:
-        return PatchDiscriminator(2 * self.config.stem_channels)
+        return PatchDiscriminator(self.config.stem_channels)
 
     def critic_loss(self, critic: nn.Module, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return critic_loss(critic, terms["critic_real"], self.history.mix(terms["critic_synth"]))

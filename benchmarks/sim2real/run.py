@@ -1,0 +1,398 @@
+"""The sim-to-real table: every method trained on the benchmark's data, scored on its target test split.
+
+    python benchmarks/sim2real/run.py --data DIR --preset small --out RUNS
+
+DIR is what benchmarks/sim2real/build.py writes: source/ (clean synthetic 3-view shards),
+pairs/ (synthetic twins of target_train), target_train/ (labelled pool; the first n frames are
+the n-labelled subset), target_unlabeled/, target_test/ (capture folders). Each row is one
+`train-mapping` command (run in this process through training.cli.main, so the command written
+beside the row is exactly what ran), then `predict` on target_test around the detected hand and
+training.evaluate's metrics: mean 3D error over the NYU-14 joints and the fraction of frames
+whose worst joint lies within a threshold. Gap closed = (synthetic-only - method) /
+(synthetic-only - upper bound), where the upper bound is `supervised` with every target_train
+label (the same run as the `supervised` n = all row, not trained twice).
+
+Rows whose run folder already holds a result are not run again: an interrupted table resumes
+(and an interrupted run inside it resumes from its checkpoint). Writes the "sim2real <preset>"
+section of docs/benchmarks.md, docs/sim2real_curves.png, docs/sim2real_real_frames.png
+(predictions of every model on the real frames in ../shared/real_samples: the stand-in must not
+hide a failure on real sensors) and docs/simgan_refined.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import machine, write_section  # noqa: E402
+
+DOCS = ROOT / "docs"
+REAL_SAMPLES = ROOT.parent / "shared" / "real_samples"
+N_LABELED = (10, 100, 1000, "all")
+
+# Settings on top of train-mapping's presets. The small preset is sized so that the 12 runs of
+# the table take about 20 minutes on a 2-core CPU (about 8 to 15 steps/s at batch 24).
+PRESETS: dict[str, dict] = {
+    "small": {"train_preset": "cpu-small",
+              "settings": {"pretrain_steps": 300, "steps": 800, "epoch_steps": 100, "log_every": 50,
+                           "checkpoint_every": 200, "workers": 1, "lr_schedule": "constant"}},
+    # Paper-sized crops and networks, for a GPU; a shortened schedule (the paper's is 307k steps a run).
+    "paper": {"train_preset": "paper",
+              "settings": {"pretrain_steps": 20000, "steps": 50000, "epoch_steps": 1137, "log_every": 200,
+                           "checkpoint_every": 5000, "workers": 8}},
+}
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark data cannot be used; the message names the folder."""
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str            # as the table shows it
+    method: str
+    n: int                # labelled target frames (0: none)
+    args: tuple[str, ...]  # train-mapping arguments
+    run: Path
+
+    @property
+    def command(self) -> str:
+        return "train-mapping " + " ".join(shlex.quote(a) for a in self.args)
+
+
+def _capture_frames(folder: Path) -> int:
+    from training.captures import CaptureError, load_capture
+    try:
+        return len(load_capture(folder))
+    except CaptureError as err:
+        raise BenchmarkError(str(err)) from None
+
+
+def plan(data: Path, preset: str, out: Path, steps: tuple[int, int] | None = None) -> list[Row]:
+    """The table's rows, in order; every folder checked before anything runs."""
+    for part in ("source", "pairs", "target_train", "target_unlabeled", "target_test"):
+        if not (data / part).is_dir():
+            raise BenchmarkError(f"{data / part}: missing (build the data with benchmarks/sim2real/build.py)")
+    pool = _capture_frames(data / "target_train")
+    _capture_frames(data / "target_unlabeled")
+    _capture_frames(data / "target_test")
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / f"{preset}.json"
+    tmp = config.with_name(config.name + ".tmp")
+    settings = dict(PRESETS[preset]["settings"])
+    if steps:
+        settings["pretrain_steps"], settings["steps"] = steps
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, config)
+    base = ["--synthetic", str(data / "source"), "--eval", str(data / "target_test"),
+            "--preset", PRESETS[preset]["train_preset"], "--config", str(config)]
+    train, unl = str(data / "target_train"), str(data / "target_unlabeled")
+    counts = [n for n in N_LABELED if n == "all" or n < pool]
+
+    def row(label: str, method: str, n: int, real: list[str], pairs: bool = False) -> Row:
+        run = out / label.replace(" ", "").replace("=", "-")
+        args = [*base, "--method", method, "--real", *real, "--out", str(run)]
+        if n:
+            args += ["--n-labeled", str(n)]
+        if pairs:
+            args += ["--pairs", str(data / "pairs")]
+        return Row(label, method, n, tuple(args), run)
+
+    rows = [row("synthetic-only", "synthetic-only", 0, [unl])]
+    for n in counts:
+        k = pool if n == "all" else n
+        rows.append(row(f"supervised n={n}", "supervised", k, [train]))
+    for n in counts:
+        k = pool if n == "all" else n
+        rows.append(row(f"murauer n={n}", "murauer", k, [train, unl], pairs=True))
+    rows.append(row("feature-mapping n=all", "feature-mapping", pool, [train], pairs=True))
+    rows.append(row("simgan", "simgan", 0, [unl]))
+    rows.append(row("aign", "aign", 0, [unl]))
+    return rows
+
+
+def upper_bound(rows: list[Row]) -> Row:
+    """`supervised` with every target_train label."""
+    return max((r for r in rows if r.method == "supervised"), key=lambda r: r.n)
+
+
+# --- running and scoring -----------------------------------------------------------------------
+def evaluate_run(row: Row, test: Path) -> dict:
+    """Predict target_test with the run's checkpoint and score it; also predictions on the real
+    sample frames (uvd per frame) for the overlays."""
+    from training.captures import load_capture
+    from training.evaluate import evaluate_uvd
+    from training.predict import load_model, predict_capture
+
+    method, config = load_model(row.run / "checkpoint.pt")
+    capture = load_capture(test)
+    pred = predict_capture(method, config, capture)
+    result = evaluate_uvd(pred, capture.labels_uvd, capture.intrinsics)
+    real = {}
+    for name, folder in real_sample_captures().items():
+        real[name] = predict_capture(method, config, load_capture(folder)).tolist()
+    return {"label": row.label, "method": row.method, "n": row.n, "command": row.command,
+            "mean_error_mm": result.mean_error_mm, "frames": result.frames,
+            "thresholds_mm": list(result.thresholds_mm), "fraction_within": list(result.fraction_within),
+            "real_samples_uvd": real}
+
+
+def real_sample_captures() -> dict[str, Path]:
+    """The real frames every model is shown: NYU Kinect v1 (labelled), SR305, BigHand SR300."""
+    folders = {"NYU Kinect v1": REAL_SAMPLES / "nyu", "RealSense SR305": REAL_SAMPLES / "realsense_sr305" / "seq_a",
+               "BigHand SR300": REAL_SAMPLES / "bighand"}
+    return {k: v for k, v in folders.items() if (v / "capture.json").is_file()}
+
+
+def run_row(row: Row, test: Path) -> dict:
+    from training.cli import main as train_mapping
+
+    done = row.run / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    if train_mapping(list(row.args)) != 0:
+        raise BenchmarkError(f"{row.run}: {row.command} failed (its error is above)")
+    seconds = time.perf_counter() - t0
+    result = {**evaluate_run(row, test), "train_seconds": seconds}
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps(result) + "\n")
+    os.replace(tmp, done)
+    return result
+
+
+def gap_closed(synthetic_only_mm: float, method_mm: float, upper_mm: float) -> float:
+    """(synthetic-only - method) / (synthetic-only - upper bound); nan when there is no gap."""
+    gap = synthetic_only_mm - upper_mm
+    return (synthetic_only_mm - method_mm) / gap if gap > 0 else math.nan
+
+
+def error_within(result: dict, threshold_mm: float) -> float:
+    """Fraction of frames whose worst joint lies within `threshold_mm` (from the stored curve)."""
+    t = np.asarray(result["thresholds_mm"])
+    return float(np.interp(threshold_mm, t, result["fraction_within"]))
+
+
+def table(results: list[dict], upper_label: str) -> str:
+    """Markdown table: one line per result, gap closed against the first (synthetic-only) row."""
+    syn = next(r for r in results if r["method"] == "synthetic-only")["mean_error_mm"]
+    upper = next(r for r in results if r["label"] == upper_label)["mean_error_mm"]
+    lines = ["| method | target labels | mean 3D error (mm) | frames within 20 / 40 mm | gap closed | "
+             "NYU real frame (mm) | train (s) | command |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        gap = gap_closed(syn, r["mean_error_mm"], upper)
+        nyu = r.get("nyu_real_error_mm")
+        lines.append(
+            f"| {r['label']}{' (upper bound)' if r['label'] == upper_label else ''} | {r['n']} | "
+            f"{r['mean_error_mm']:.1f} | {100 * error_within(r, 20):.0f} % / {100 * error_within(r, 40):.0f} % | "
+            f"{'n/a' if math.isnan(gap) else f'{100 * gap:.0f} %'} | "
+            f"{'-' if nyu is None else f'{nyu:.1f}'} | {r.get('train_seconds', 0):.0f} | `{r['command']}` |")
+    return "\n".join(lines)
+
+
+def nyu_real_error(result: dict) -> float | None:
+    """Mean 3D error on the labelled NYU real frame (one frame: a smoke test, not a score)."""
+    from training.captures import load_capture
+    from training.evaluate import evaluate_uvd
+
+    uvd = result["real_samples_uvd"].get("NYU Kinect v1")
+    if uvd is None:
+        return None
+    capture = load_capture(REAL_SAMPLES / "nyu")
+    return evaluate_uvd(np.asarray(uvd), capture.labels_uvd, capture.intrinsics).mean_error_mm
+
+
+# --- pictures ----------------------------------------------------------------------------------
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def plot_curves(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
+    for r in results:
+        style = "--" if r["method"] in ("synthetic-only", "simgan", "aign", "feature-mapping") else "-"
+        ax.plot(r["thresholds_mm"], r["fraction_within"], style, label=f"{r['label']} ({r['mean_error_mm']:.1f} mm)")
+    ax.set(xlabel="max joint error threshold (mm)", ylabel="fraction of frames with all joints within",
+           xlim=(0, 80), ylim=(0, 1), title="target_test: fraction of frames")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for method, marker in (("supervised", "o"), ("murauer", "s")):
+        pts = sorted((r["n"], r["mean_error_mm"]) for r in results if r["method"] == method)
+        if pts:
+            bx.plot(*zip(*pts), marker=marker, label=method)
+    for r in results:
+        if r["method"] in ("synthetic-only", "simgan", "aign", "feature-mapping"):
+            bx.axhline(r["mean_error_mm"], ls=":", color="grey")
+            bx.annotate(r["label"], (1, r["mean_error_mm"]), fontsize=7, va="bottom")
+    bx.set(xscale="log", xlabel="labelled target frames n", ylabel="mean 3D error (mm)",
+           title="mean error against labels used")
+    bx.grid(alpha=0.3)
+    bx.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+BONES = ((0, 1), (1, 13), (2, 3), (3, 13), (4, 5), (5, 13), (6, 7), (7, 13), (8, 9), (9, 10), (10, 13),
+         (11, 13), (12, 13), (11, 12))
+
+
+def plot_real_frames(results: list[dict], path: Path) -> None:
+    """Each model's prediction drawn on each real sample frame (first frame of each capture)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.captures import load_capture
+
+    captures = {name: load_capture(folder) for name, folder in real_sample_captures().items()}
+    fig, axes = plt.subplots(len(captures), len(results), figsize=(1.9 * len(results), 2.1 * len(captures)),
+                             squeeze=False)
+    for i, (name, capture) in enumerate(captures.items()):
+        depth = capture.depth_mm(0).astype(np.float32)
+        loc = capture.locate(0).centre_uvd
+        half = 170.0 * capture.intrinsics.fx / loc[2]
+        for j, r in enumerate(results):
+            ax = axes[i, j]
+            ax.imshow(np.where(depth > 0, depth, np.nan), cmap="gray", vmin=loc[2] - 150, vmax=loc[2] + 250)
+            uvd = np.asarray(r["real_samples_uvd"][name][0])
+            for a, b in BONES:
+                ax.plot(uvd[[a, b], 0], uvd[[a, b], 1], "-", color="orange", lw=1)
+            ax.plot(uvd[:, 0], uvd[:, 1], ".", color="red", ms=3)
+            if capture.labels_uvd is not None:
+                gt = capture.labels_uvd[0]
+                ax.plot(gt[:, 0], gt[:, 1], "x", color="cyan", ms=3)
+            ax.set_xlim(loc[0] - half, loc[0] + half)
+            ax.set_ylim(loc[1] + half, loc[1] - half)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(r["label"], fontsize=7)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle("predictions (red, skeleton orange) on real sensor frames; NYU labels as cyan crosses", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_refined(run: Path, data: Path, path: Path, count: int = 6) -> None:
+    """Synthetic crops, the SimGAN refiner's output, their difference, and real target crops."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from render.shards import decode_depth_png, iter_shard
+    from training.captures import load_capture
+    from training.crop import CropConfig, crop_shard_sample
+    from training.data import crop_frames, open_shards
+    from training.predict import load_model
+
+    method, config = load_model(run / "checkpoint.pt")
+    shards = open_shards(data / "source")
+    crops = []
+    for _, files in iter_shard(shards.shards[0][0]):
+        sample = json.loads(files["json"])
+        sample["depth"] = decode_depth_png(files["depth.png"])
+        crops.append(crop_shard_sample(sample, CropConfig(config.cube_mm, config.crop_size)).image)
+        if len(crops) == count:
+            break
+    syn = torch.from_numpy(np.stack(crops))[:, None]
+    with torch.no_grad():
+        refined = method.refiner(syn)
+    real = crop_frames(load_capture(data / "target_test"), config, list(range(count))).images
+    fig, axes = plt.subplots(4, count, figsize=(1.8 * count, 7.6), squeeze=False)
+    rows = (("synthetic", syn), ("refined", refined), ("refined - synthetic", refined - syn), ("real (target)", real))
+    for i, (name, images) in enumerate(rows):
+        for j in range(count):
+            diff = name.startswith("refined -")
+            axes[i, j].imshow(images[j, 0].numpy(), cmap="coolwarm" if diff else "gray",
+                              vmin=-0.2 if diff else -1, vmax=0.2 if diff else 1)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+        axes[i, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle("SimGAN refiner: synthetic source crops, refined, difference (+-30 mm), real target crops", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+# --- the command -------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, type=Path, help="folder written by benchmarks/sim2real/build.py")
+    p.add_argument("--preset", choices=list(PRESETS), default="small")
+    p.add_argument("--out", required=True, type=Path, help="folder for the runs (resumed if present)")
+    p.add_argument("--steps", nargs=2, type=int, metavar=("PRETRAIN", "TOTAL"),
+                   help="override the preset's pre-training and total steps (e.g. a smoke run)")
+    p.add_argument("--docs", type=Path, default=DOCS, help="where the table's pictures go (default docs/)")
+    p.add_argument("--no-report", action="store_true", help="run and score, leave docs/ alone")
+    args = p.parse_args(argv)
+    try:
+        rows = plan(args.data, args.preset, args.out, args.steps)
+    except BenchmarkError as err:
+        print(f"sim2real: error: {err}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    results = []
+    for i, row in enumerate(rows, 1):
+        print(f"[{i}/{len(rows)}] {row.label}: {row.command}", flush=True)
+        try:
+            result = run_row(row, args.data / "target_test")
+        except BenchmarkError as err:
+            print(f"sim2real: error: {err}", file=sys.stderr)
+            return 2
+        result["nyu_real_error_mm"] = nyu_real_error(result)
+        print(f"    {row.label}: {result['mean_error_mm']:.2f} mm on {result['frames']} target_test frames "
+              f"({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
+        results.append(result)
+    elapsed = time.perf_counter() - t0
+    upper = upper_bound(rows).label
+    if args.no_report:
+        print(table(results, upper))
+        return 0
+    args.docs.mkdir(parents=True, exist_ok=True)
+    plot_curves(results, args.docs / "sim2real_curves.png", f"sim2real, preset {args.preset}")
+    plot_real_frames(results, args.docs / "sim2real_real_frames.png")
+    simgan = next((r for r in rows if r.method == "simgan"), None)
+    if simgan is not None:
+        plot_refined(simgan.run, args.data, args.docs / "simgan_refined.png")
+    build = args.data / "build.json"
+    body = (f"## Sim-to-real table ({args.preset} preset)\n\n"
+            f"`python benchmarks/sim2real/run.py --data {args.data} --preset {args.preset} --out {args.out}` "
+            f"on {machine()}: {len(rows)} runs, {elapsed / 60:.1f} min in all"
+            f"{' (rows already done were not re-run)' if any(r.get('train_seconds') is None for r in results) else ''}. "
+            f"Data: {args.data}{' (build.json: ' + build.read_text().strip()[:300].replace(chr(10), ' ') + ')' if build.exists() else ''}. "
+            f"Scored on target_test around the detected hand; upper bound = {upper}; "
+            f"gap closed = (synthetic-only - method) / (synthetic-only - upper bound). "
+            f"The NYU column is the one labelled real Kinect frame in ../shared/real_samples (a smoke test on a real "
+            f"sensor, one frame). Curves: docs/sim2real_curves.png; real-sensor overlays: "
+            f"docs/sim2real_real_frames.png; SimGAN refinements: docs/simgan_refined.png.\n\n"
+            + table(results, upper))
+    write_section(f"sim2real {args.preset}", body)
+    print(table(results, upper))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
