@@ -177,8 +177,8 @@ def main() -> None:
     text = "\n".join([
         SECTION,
         "",
-        f"Machine: {machine()}, GL: {gl_renderer()}. Load average when the run started: {load:.2f} "
-        "(other jobs on the machine slow every figure here).",
+        f"Machine: {machine()}, GL: {gl_renderer()}. Load average {load:.2f} when the run started, "
+        f"{os.getloadavg()[0]:.2f} when it ended (other jobs on the machine slow every figure here).",
         f"Command: `python benchmarks/render_throughput.py --n {args.n} --baseline-n {args.baseline_n}`; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
