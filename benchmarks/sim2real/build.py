@@ -43,6 +43,7 @@ DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 NYU_LABELS = Path("eval_anchors/nyu/nyu_test_groundtruth_label.txt")
 REAL_CAPTURES = [Path("real_samples/nyu"), Path("real_samples/bighand"), Path("real_samples/realsense_sr305/seq_a")]
 CHUNK = 32          # target frames per task
+FIT_CHUNK = 128     # NYU frames fitted per task
 LOCATE_EVERY = 10   # localisation is measured on every test frame and every 10th other frame
 SPLIT_FOLDERS = {"test": "target_test", "train": "target_train", "unlabeled": "target_unlabeled"}
 
@@ -80,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
                    help="the shared data folder with eval_anchors/ and real_samples/ (default: ../shared beside the repo)")
     p.add_argument("--overwrite", action="store_true", help="let render-hands replace a different dataset in DIR")
+    p.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                   help="also draw source and target frames side by side into PNG (docs/sim2real_target.png)")
     return p.parse_args(argv)
 
 
@@ -92,12 +95,8 @@ def folder_checksum(root: Path, pattern: str = "*") -> str:
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    if not args.shared.is_dir():
-        raise BuildError(f"{args.shared}: shared data folder not found (needs {NYU_LABELS} and real_samples/; "
-                         f"give --shared)")
-    for rel in [NYU_LABELS] + REAL_CAPTURES:
-        if not (args.shared / rel).exists():
-            raise BuildError(f"{args.shared / rel}: missing from the shared data folder")
+    if args.workers < 1:
+        raise BuildError(f"--workers must be >= 1, got {args.workers}")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         probe = args.out / ".write-test"
@@ -105,8 +104,12 @@ def check_inputs(args: argparse.Namespace) -> None:
         probe.unlink()
     except OSError as err:
         raise BuildError(f"{args.out}: cannot write there ({err.strerror or err})") from None
-    if args.workers < 1:
-        raise BuildError(f"--workers must be >= 1, got {args.workers}")
+    if not args.shared.is_dir():
+        raise BuildError(f"{args.shared}: shared data folder not found (needs {NYU_LABELS} and real_samples/; "
+                         f"give --shared)")
+    for rel in [NYU_LABELS] + REAL_CAPTURES:
+        if not (args.shared / rel).exists():
+            raise BuildError(f"{args.shared / rel}: missing from the shared data folder")
 
 
 def render_hands(args_list: list[str], cwd: Path, log: Path) -> tuple[list[str], subprocess.Popen]:
@@ -126,19 +129,25 @@ def wait(proc: subprocess.Popen, log: Path) -> None:
 _worker: dict = {}
 
 
-def _init_worker(holes: tgt.HolePatterns, seed: int, fitted: dict[str, tgt.FittedPoses]) -> None:
+def _init_worker(holes: tgt.HolePatterns, seed: int, labels: np.ndarray) -> None:
     import torch
 
     from hand_models.model import HandModel
     torch.set_num_threads(1)
-    _worker.update(synth=tgt.TargetSynthesizer(HandModel.load("open"), holes, seed), fitted=fitted)
+    _worker.update(synth=tgt.TargetSynthesizer(HandModel.load("open"), holes, seed), labels=labels)
 
 
-def _render_chunk(split: str, start: int, stop: int, folder: str) -> list[dict]:
-    """Write frames start..stop-1 of a split as PNGs into `folder`; return their labels and poses."""
+def _fit_chunk(frames: np.ndarray, steps: int) -> tgt.FittedPoses:
+    synth = _worker["synth"]
+    return tgt.fit_nyu(synth.model, synth.prior, _worker["labels"], frames, steps)
+
+
+def _render_chunk(split: str, start: int, stop: int, n: int, folder: str, fitted: tgt.FittedPoses) -> list[dict]:
+    """Write frames start..stop-1 of a split of n as PNGs into `folder`; return their labels and poses."""
     from render.shards import encode_depth_png
 
-    frames = _worker["synth"].frames(split, start, stop, _worker["fitted"][split])
+    checked = frozenset({0, n // 2, n - 1})  # the frames load_capture's unit check looks at
+    frames = _worker["synth"].frames(split, start, stop, fitted, checked)
     out = []
     for i, f in zip(range(start, stop), frames):
         (Path(folder) / f"{i:06d}.png").write_bytes(encode_depth_png(f.depth_mm))
@@ -150,13 +159,14 @@ def _render_chunk(split: str, start: int, stop: int, folder: str) -> list[dict]:
     return out
 
 
-def build_split(split: str, n: int, out: Path, pool: futures.Executor, meta: dict) -> list[dict]:
+def build_split(split: str, n: int, out: Path, pool: futures.Executor, fitted: tgt.FittedPoses,
+                meta: dict) -> list[dict]:
     folder = out / SPLIT_FOLDERS[split]
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    jobs = [pool.submit(_render_chunk, split, s, min(s + CHUNK, n), str(tmp)) for s in range(0, n, CHUNK)]
+    jobs = [pool.submit(_render_chunk, split, s, min(s + CHUNK, n), n, str(tmp), fitted) for s in range(0, n, CHUNK)]
     rows: list[dict] = []
     with tqdm(total=n, desc=f"target {split}", unit="frame") as bar:
         for job in futures.as_completed(jobs):
@@ -166,6 +176,10 @@ def build_split(split: str, n: int, out: Path, pool: futures.Executor, meta: dic
     rows.sort(key=lambda r: r["index"])
     labelled = split != "unlabeled"
     tgt.finish_capture(tmp, folder, [r["uvd"] for r in rows] if labelled else None, meta)
+    try:
+        tgt.load_capture(folder)  # as the runner will read it
+    except ValueError as err:
+        raise BuildError(f"{folder}: the capture does not load: {err}") from None
     return rows
 
 
@@ -190,35 +204,39 @@ def build(args: argparse.Namespace) -> dict:
     commands["source"] = {"cwd": ".", "argv": ["render-hands", *source_cmd[3:]]}
     pairs_proc = None
     try:
-        from hand_models.model import HandModel
         from hand_models.poses import save_pose_file
-        from hand_models.prior import PosePrior
 
         t = time.perf_counter()
-        model = HandModel.load("open")
-        prior = PosePrior(model)
         labels = tgt.load_nyu_labels(args.shared / NYU_LABELS)
         splits = tgt.split_nyu(len(labels), args.seed)
         holes = tgt.HolePatterns.measure([args.shared / c for c in REAL_CAPTURES])
         sizes = {"test": preset.test, "train": preset.train, "unlabeled": preset.unlabeled}
-        fitted = {}
-        for split in tgt.SPLITS:
-            frames = splits[split][:min(sizes[split], len(splits[split]))]
-            fitted[split] = tgt.fit_nyu(model, prior, labels, frames, preset.fit_steps)
-        timings["fit_s"] = time.perf_counter() - t
-        print(f"fitted {sum(len(f.nyu_index) for f in fitted.values())} NYU poses in {timings['fit_s']:.1f} s", flush=True)
-
-        t = time.perf_counter()
         rows = {}
         ctx = multiprocessing.get_context("spawn")  # a fresh GL context and torch per worker
         with futures.ProcessPoolExecutor(args.workers, ctx, initializer=_init_worker,
-                                         initargs=(holes, args.seed, fitted)) as pool:
+                                         initargs=(holes, args.seed, labels)) as pool:
+            # Fixed chunks (not one per worker) so that the fitted poses do not depend on --workers.
+            jobs = {}
+            for split in tgt.SPLITS:
+                frames = splits[split][:min(sizes[split], len(splits[split]))]
+                jobs[split] = [pool.submit(_fit_chunk, frames[s:s + FIT_CHUNK], preset.fit_steps)
+                               for s in range(0, len(frames), FIT_CHUNK)]
+            total = sum(len(j) for j in jobs.values())
+            with tqdm(total=total, desc="fitting NYU poses", unit="chunk") as bar:
+                for job in futures.as_completed([j for js in jobs.values() for j in js]):
+                    job.result()
+                    bar.update()
+            fitted = {split: tgt.FittedPoses.concat([j.result() for j in js]) for split, js in jobs.items()}
+            timings["fit_s"] = time.perf_counter() - t
+            print(f"fitted {sum(len(f.nyu_index) for f in fitted.values())} NYU poses in {timings['fit_s']:.1f} s",
+                  flush=True)
+            t = time.perf_counter()
             for split in tgt.SPLITS:
                 meta = {"sensor": "STAND-IN target domain of benchmarks/sim2real (synthetic: Kinect v1 model, "
                                   "real-capture hole patterns, NYU poses, out-of-distribution hand shapes, scene surfaces)",
                         "nyu_test_frames": [int(i) for i in fitted[split].nyu_index],
                         "seed": args.seed, "split": split}
-                rows[split] = build_split(split, sizes[split], out, pool, meta)
+                rows[split] = build_split(split, sizes[split], out, pool, fitted[split], meta)
                 if split == "train":
                     r = rows["train"]
                     batch = tgt.PoseBatch(np.stack([x["hand_pose"] for x in r]).astype(np.float32),
@@ -276,6 +294,53 @@ def build(args: argparse.Namespace) -> dict:
     return record
 
 
+def figure(out: Path, png: Path, n: int = 4) -> None:
+    """Source frames (clean, prior poses) beside target frames, whole and zoomed on the hand."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from render.shards import iter_samples
+    from training.captures import load_capture
+
+    def show(ax, depth, title, uvd=None, centre=None, zoom=None):
+        d = depth.astype(np.float32)
+        if zoom is not None:
+            u, v = int(centre[0]), int(centre[1])
+            d = np.pad(d, zoom)[v:v + 2 * zoom, u:u + 2 * zoom]
+            lo = max(float(d[d > 0].min()) if (d > 0).any() else 0.0, centre[2] - 150)
+            ax.imshow(np.where(d > 0, np.clip(d, lo, centre[2] + 250), np.nan), cmap="viridis")
+            if uvd is not None:
+                ax.plot(uvd[:, 0] - u + zoom, uvd[:, 1] - v + zoom, "r.", ms=3)
+        else:
+            ax.imshow(np.where(d > 0, d, np.nan), cmap="viridis", vmin=300, vmax=2500)
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+
+    source = []
+    for sample in iter_samples(out / "source"):
+        full = np.zeros((480, 640), np.uint16)
+        (u0, v0), (w, h) = sample["crop_origin"], sample["crop_size"]
+        full[v0:v0 + h, u0:u0 + w] = sample["depth"]
+        source.append((full, np.asarray(sample["nyu14_uvd"])))
+        if len(source) == n:
+            break
+    test = load_capture(out / "target_test")
+    fig, axes = plt.subplots(4, n, figsize=(3.2 * n, 10.4))
+    for k in range(n):
+        depth, uvd = source[k]
+        show(axes[0, k], depth, f"source {k} (clean, prior pose)")
+        show(axes[1, k], depth, "source, hand", uvd, uvd[tgt.PALM], zoom=110)
+        depth, uvd = test.depth_mm(k), test.labels_uvd[k]
+        show(axes[2, k], depth, f"target_test {k} (full frame)")
+        show(axes[3, k], depth, "target, hand (labels red)", uvd, uvd[tgt.PALM], zoom=110)
+    fig.suptitle("sim2real: source (render-hands, clean) vs STAND-IN target (NYU poses, other shapes, "
+                 "Kinect + real-capture holes, arm / body / table / wall); depth mm", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -286,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     loc = record["localization"]["test"]
     print(f"built {args.out} in {record['timings_s']['total_s']:.0f} s: {record['counts']}; hand localised on "
           f"{100 * loc['hit_rate']:.1f} % of target_test frames (within {loc['tolerance_mm']:.0f} mm)")
+    if args.figure is not None:
+        figure(args.out, args.figure)
+        print(f"wrote {args.figure}")
     return 0
 
 

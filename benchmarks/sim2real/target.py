@@ -39,7 +39,8 @@ from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.renderer import DepthRenderer, Window
 from render.sensor import KINECT_V1, KinectV1, kinect_v1
 from render.shards import encode_depth_png
-from training.captures import load_capture
+from training.captures import (PLAUSIBLE_HAND_AREA_MM2, PLAUSIBLE_NEAR_MM, PLAUSIBLE_PALM_WIDTH_MM,
+                               load_capture)
 from training.evaluate import load_uvd
 from training.localize import LocalizeError, locate_hand
 
@@ -86,6 +87,11 @@ class FittedPoses:
     poses: PoseBatch        # betas are zero (pose-only fit)
     palm_m: np.ndarray      # (N, 3) fitted palm centre, camera metres
     residual_mm: np.ndarray  # (N,) mean joint residual of the fit
+
+    @staticmethod
+    def concat(parts: list["FittedPoses"]) -> "FittedPoses":
+        return FittedPoses(np.concatenate([p.nyu_index for p in parts]), PoseBatch.concat([p.poses for p in parts]),
+                           np.concatenate([p.palm_m for p in parts]), np.concatenate([p.residual_mm for p in parts]))
 
 
 def fit_nyu(model: HandModel, prior: PosePrior, labels_uvd: np.ndarray, frames: np.ndarray,
@@ -205,6 +211,20 @@ class TargetFrame:
     scene: dict
 
 
+CHECK_TRIES = 20
+
+
+def plausible(depth_mm: np.ndarray, cam: Intrinsics) -> bool:
+    """Would training.captures' unit check accept the hand training.localize finds in this frame?"""
+    try:
+        loc = locate_hand(depth_mm, cam)
+    except LocalizeError:
+        return False
+    return all(lo <= value <= hi for value, (lo, hi) in (
+        (loc.near_mm, PLAUSIBLE_NEAR_MM), (loc.palm_width_mm, PLAUSIBLE_PALM_WIDTH_MM),
+        (loc.hand_area_mm2, PLAUSIBLE_HAND_AREA_MM2)))
+
+
 class TargetSynthesizer:
     """Renders target frames (full frames, one GL context per instance, so one per process).
 
@@ -221,7 +241,11 @@ class TargetSynthesizer:
     def close(self) -> None:
         self.renderer.close()
 
-    def frames(self, split: str, start: int, stop: int, fitted: FittedPoses) -> list[TargetFrame]:
+    def frames(self, split: str, start: int, stop: int, fitted: FittedPoses,
+               checked: frozenset[int] = frozenset()) -> list[TargetFrame]:
+        """Frames start..stop-1; those in `checked` are redrawn (same generator, next draws) until the
+        hand that training.localize finds passes training.captures' unit check, which load_capture
+        applies to a capture's first, middle and last frame."""
         rngs = [np.random.default_rng([self.seed, SPLIT_CODES[split], i]) for i in range(start, stop)]
         poses, palms = [], []
         for i, rng in zip(range(start, stop), rngs):
@@ -243,8 +267,15 @@ class TargetSynthesizer:
         finally:
             torch.set_num_threads(threads)
         verts, joints, nyu14 = (t.double().numpy() for t in (out.vertices, out.joints, out.nyu14))
-        return [self._frame(rng, batch[j:j + 1], palms[j], verts[j], joints[j], nyu14[j])
-                for j, rng in enumerate(rngs)]
+        frames = []
+        for j, rng in enumerate(rngs):
+            frame = self._frame(rng, batch[j:j + 1], palms[j], verts[j], joints[j], nyu14[j])
+            for _ in range(CHECK_TRIES if start + j in checked else 0):
+                if plausible(frame.depth_mm, self.cam):
+                    break
+                frame = self._frame(rng, batch[j:j + 1], palms[j], verts[j], joints[j], nyu14[j])
+            frames.append(frame)
+        return frames
 
     def _frame(self, rng: np.random.Generator, pose: PoseBatch, palm: np.ndarray, verts: np.ndarray,
                joints: np.ndarray, nyu14: np.ndarray) -> TargetFrame:

@@ -1,0 +1,115 @@
+"""The sim-to-real data builder: deterministic, in the layout the runner reads, labels true to the pixels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+BUILD = REPO / "benchmarks" / "sim2real" / "build.py"
+
+needs_shared = pytest.mark.skipif(not (SHARED / "eval_anchors" / "nyu").is_dir() or not (SHARED / "real_samples").is_dir(),
+                                  reason="needs ../shared (NYU test labels and real_samples) beside the repository")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BUILD), *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def two_builds(tmp_path_factory):
+    """The tiny preset built twice with the same seed, concurrently (each takes ~20 s, mostly start-up)."""
+    dirs = [tmp_path_factory.mktemp(f"build{k}") / "out" for k in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(BUILD), "--preset", "tiny", "--out", str(d), "--seed", "3",
+                               "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for d in dirs]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    return dirs
+
+
+@needs_shared
+def test_same_seed_gives_identical_files(two_builds):
+    a, b = two_builds
+    ja, jb = (json.loads((d / "build.json").read_text()) for d in (a, b))
+    assert ja["checksums"] == jb["checksums"]
+    assert set(ja["checksums"]) == {"source", "pairs", "target_train_poses.npz", "target_test", "target_train",
+                                    "target_unlabeled"}
+    for folder in ("target_test", "target_train", "target_unlabeled"):
+        files = sorted(p.name for p in (a / folder).iterdir())
+        assert files == sorted(p.name for p in (b / folder).iterdir())
+        for name in files:
+            assert (a / folder / name).read_bytes() == (b / folder / name).read_bytes(), f"{folder}/{name}"
+    assert ja["counts"] == {"source": 16, "test": 3, "train": 4, "unlabeled": 3}
+
+
+@needs_shared
+def test_layout_and_labels_agree_with_pixels(two_builds):
+    from hand_models.model import HandModel
+    from hand_models.poses import load_pose_file
+    from render.camera import NYU_KINECT, xyz_to_uvd
+    from training.captures import load_capture
+    from training.data import open_pairs
+    from training.localize import locate_hand
+
+    out = two_builds[0]
+    record = json.loads((out / "build.json").read_text())
+    test, train = load_capture(out / "target_test"), load_capture(out / "target_train")
+    unlabeled = load_capture(out / "target_unlabeled")
+    assert (len(test), len(train), len(unlabeled)) == (3, 4, 3)
+    assert unlabeled.labels_uvd is None and train.label_joints == "nyu14"
+    assert train.intrinsics == NYU_KINECT and train.depth_mm(0).shape == (480, 640)
+    # NYU frames are split disjointly
+    nyu = [set(json.loads((out / f / "capture.json").read_text())["nyu_test_frames"])
+           for f in ("target_test", "target_train", "target_unlabeled")]
+    assert not (nyu[0] & nyu[1] or nyu[0] & nyu[2] or nyu[1] & nyu[2])
+
+    # The pose file reproduces the train labels exactly, and its shapes lie outside the source's.
+    poses, extra = load_pose_file(out / "target_train_poses.npz")
+    model = HandModel.load("open")
+    with torch.no_grad():
+        joints = model(torch.from_numpy(poses.hand_pose), torch.from_numpy(poses.betas),
+                       torch.from_numpy(poses.global_orient), torch.from_numpy(extra["transl"]).float()).nyu14
+    uvd = xyz_to_uvd(joints.double().numpy() * 1000.0, NYU_KINECT)
+    np.testing.assert_allclose(uvd, train.labels_uvd, atol=0.05)
+    assert np.all(np.abs(poses.betas[:, 0]) >= 2.0)
+
+    # The surface seen at the palm-centre label lies in front of that joint (it is inside the hand).
+    for cap in (test, train):
+        for i in range(len(cap)):
+            u, v, d = cap.labels_uvd[i][-1]
+            patch = cap.depth_mm(i)[int(round(v)) - 2:int(round(v)) + 3, int(round(u)) - 2:int(round(u)) + 3]
+            surface = np.median(patch[patch > 0])
+            assert 0 < d - surface < 100, (cap.root, i, d, surface)
+            centre = locate_hand(cap.depth_mm(i), cap.intrinsics).centre_uvd
+            assert np.hypot(*(centre[:2] - cap.labels_uvd[i][-1][:2])) < 60
+
+    pairs = open_pairs(out / "pairs", 4)
+    assert len(pairs.twins) == 4
+    assert record["commands"]["pairs"]["argv"][:3] == ["render-hands", "--poses", "../target_train_poses.npz"]
+    source = json.loads((out / "source" / "manifest.json").read_text())
+    assert (source["views"], source["sensor"], source["poses"], source["count"]) == (3, "clean", "prior", 16)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--preset", "tiny", "--out", "/proc/sim2real"], "/proc/sim2real: cannot write there"),
+    (["--preset", "tiny", "--shared", "/nonexistent/shared"], "/nonexistent/shared: shared data folder not found"),
+    (["--preset", "tiny", "--test", "0"], "frame counts must be >= 1"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path):
+    if "--out" not in args:
+        args = [*args, "--out", str(tmp_path / "out")]
+    result = _run(*args)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()
+    assert message in last[-1], result.stderr
+    assert "Traceback" not in result.stderr
