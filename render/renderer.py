@@ -13,10 +13,12 @@ Why this is not a plain pyrender loop:
 * Vertices are projected on the CPU in float64 with the camera's pinhole model and snapped to the
   rasteriser's 1/256-pixel grid; the atlas has power-of-two sides so normalised device
   coordinates are exact in float32. A tile therefore sees exactly the same sub-pixel vertex
-  positions as the full frame, shifted by whole pixels, and its pixels equal the full-frame
-  render's (tests/test_render_renderer.py checks this). Depth is written as OpenGL's NDC depth,
-  which is affine in 1/z and hence interpolated exactly as a perspective projection would, then
-  turned back into metres in float64.
+  positions as the full frame, shifted by whole pixels: its coverage equals the full-frame
+  render's pixel for pixel. Depth is written as OpenGL's NDC depth, which is affine in 1/z and
+  hence interpolated exactly as a perspective projection would, then turned back into metres in
+  float64; the rasteriser's float32 interpolation depends on the position in the framebuffer, so
+  window and full-frame depth differ by micrometres (< 0.05 mm), which changes the rounded
+  millimetre of ~0.02 % of pixels by 1 (tests/test_render_renderer.py checks all of this).
 
 Pixel (i, j) of a window with origin (u0, v0) is full-frame pixel (u0 + i, v0 + j) whose centre
 is at u = u0 + i, v = v0 + j in the convention of render.camera (u = fx * x / z + cx).
