@@ -94,11 +94,13 @@ class PosePrior:
 
     def __init__(self, model: HandModel, shape_sd: float = 1.0, shape_clip: float = 2.5,
                  collision_tolerance_m: float = 0.004, palm_facing: float = 0.75,
+                 forearm_towards_camera_deg: float = 20.0,
                  synergy_noise_deg: float = 12.0) -> None:
         self.model = model
         self.shape_sd, self.shape_clip = shape_sd, shape_clip
         self.collision_tolerance_m = collision_tolerance_m
         self.palm_facing = palm_facing
+        self.max_fingers_away = np.sin(np.radians(forearm_towards_camera_deg))
         self.synergy_noise = synergy_noise_deg * D
         joints = model.rest_joints().double().numpy()
         self.bases = self._anatomical_bases(joints)  # (15, 3, 3): columns flexion, abduction, twist
@@ -178,18 +180,29 @@ class PosePrior:
     def _orientations(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Model -> camera rotations: palm towards the camera (with tilts up to 80 degrees) for
         `palm_facing` of the samples, any direction for the rest; fingers roughly up, rolled
-        anywhere within +-150 degrees."""
-        # Camera frame: fingers up (-y), thumb side... palm normal towards the camera (-z).
+        within +-150 degrees of up. A third-person camera sees the forearm go back towards the
+        body: orientations whose forearm points more than `forearm_towards_camera_deg` towards
+        the camera are drawn again (an egocentric camera would want this off)."""
+        # Camera frame: fingers up (-y), palm normal towards the camera (-z).
         target = np.array([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
         base = target.T @ self.palm_frame  # maps model vectors to camera vectors
-        facing = rng.random(n) < self.palm_facing
-        tilt = np.where(facing, np.arccos(1 - rng.random(n) * (1 - np.cos(80 * D))),
-                        np.arccos(1 - 2 * rng.random(n)))
-        azim = rng.uniform(0, 2 * np.pi, n)
-        axis = np.stack([np.cos(azim), np.sin(azim), np.zeros(n)], 1)
-        roll = rng.normal(0, 45 * D, n).clip(-150 * D, 150 * D)
-        R = _rotvec_to_matrix(axis * tilt[:, None]) @ _rotvec_to_matrix(np.array([0, 0, 1.0]) * roll[:, None]) @ base
-        return _matrix_to_rotvec(R)
+        out = np.empty((n, 3, 3))
+        todo = np.arange(n)
+        while todo.size:
+            m = todo.size
+            facing = rng.random(m) < self.palm_facing
+            tilt = np.where(facing, np.arccos(1 - rng.random(m) * (1 - np.cos(80 * D))),
+                            np.arccos(1 - 2 * rng.random(m)))
+            azim = rng.uniform(0, 2 * np.pi, m)
+            axis = np.stack([np.cos(azim), np.sin(azim), np.zeros(m)], 1)
+            roll = rng.normal(0, 45 * D, m).clip(-150 * D, 150 * D)
+            R = (_rotvec_to_matrix(axis * tilt[:, None])
+                 @ _rotvec_to_matrix(np.array([0, 0, 1.0]) * roll[:, None]) @ base)
+            fingers_away = (R @ self.palm_frame[0])[:, 2]
+            ok = fingers_away <= self.max_fingers_away
+            out[todo[ok]] = R[ok]
+            todo = todo[~ok]
+        return _matrix_to_rotvec(out)
 
     def sample(self, n: int, rng: np.random.Generator) -> PoseBatch:
         """n poses that pass the collision test (rejection sampling)."""

@@ -70,6 +70,9 @@ def test_orientations_mostly_show_the_palm(prior, poses):
     assert (towards_camera > 0).mean() > 0.7  # palm visible most of the time
     assert (towards_camera < -0.5).mean() > 0.03  # backs of hands too
     assert (forward[:, 1] < 0).mean() > 0.6  # fingers mostly up (OpenCV y down)
+    # Third-person camera: the forearm (opposite the fingers) never points far towards the camera.
+    forward /= np.linalg.norm(forward, axis=1, keepdims=True)
+    assert forward[:, 2].max() <= np.sin(np.radians(20)) + 0.02
 
 
 def test_sampling_is_deterministic(prior):
