@@ -80,7 +80,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for target frames (default: all cores)")
     p.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
                    help="the shared data folder with eval_anchors/ and real_samples/ (default: ../shared beside the repo)")
-    p.add_argument("--overwrite", action="store_true", help="let render-hands replace a different dataset in DIR")
     p.add_argument("--figure", type=Path, default=None, metavar="PNG",
                    help="also draw source and target frames side by side into PNG (docs/sim2real_target.png)")
     return p.parse_args(argv)
@@ -194,8 +193,10 @@ def build(args: argparse.Namespace) -> dict:
     out = args.out.resolve()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    commands: dict = {"build": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []}
-    extra = ["--overwrite"] if args.overwrite else []
+    commands: dict = {"build": ["python", "benchmarks/sim2real/build.py", *args.argv]}
+    # DIR/source and DIR/pairs belong to this build: render-hands resumes them when nothing changed
+    # and replaces them when a setting (or the pose file) did.
+    extra = ["--overwrite"]
 
     # The source renders in the background while the target is built (render-hands resumes).
     source_cmd, source_proc = render_hands(
@@ -343,6 +344,7 @@ def figure(out: Path, png: Path, n: int = 4) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         record = build(args)
     except (BuildError, tgt.TargetError) as err:

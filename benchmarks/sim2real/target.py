@@ -38,7 +38,6 @@ from render import scene as scene_mod
 from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.renderer import DepthRenderer, Window
 from render.sensor import KINECT_V1, KinectV1, kinect_v1
-from render.shards import encode_depth_png
 from training.captures import (PLAUSIBLE_HAND_AREA_MM2, PLAUSIBLE_NEAR_MM, PLAUSIBLE_PALM_WIDTH_MM,
                                load_capture)
 from training.evaluate import load_uvd
