@@ -122,9 +122,9 @@ def test_sphere_seen_head_on_is_exact_and_differentiable():
     expected = torch.where(inside, z - torch.sqrt((r ** 2 - rho2).clamp_min(0)), torch.ones(()))
     assert torch.allclose(depth[0], expected, atol=1e-6)
     assert float(depth.detach().min()) == pytest.approx(z - math.sqrt(r ** 2 - 2 * (0.5 / 32) ** 2), abs=1e-9)
-    # The soft silhouette (a logistic edge of width s = 1 px) covers the disc's area plus the
-    # edge's own share: the integral of sigmoid((R - rho) / s) 2 pi rho d rho = pi R^2 + pi^3 s^2 / 3.
-    assert float(silhouette.detach().sum()) == pytest.approx(math.pi * (r * size / 2) ** 2 + math.pi ** 3 / 3, rel=1e-3)
+    # The soft silhouette (a logistic edge of width s = 1 px, centred 2 s inside the outline) covers
+    # the area of the integral of sigmoid((R - 2 s - rho) / s) 2 pi rho d rho = pi (R - 2 s)^2 + pi^3 s^2 / 3.
+    assert float(silhouette.detach().sum()) == pytest.approx(math.pi * (r * size / 2 - 2) ** 2 + math.pi ** 3 / 3, rel=1e-3)
     # Moving the sphere away moves every surface pixel by the same amount: d depth / dz = covered pixels.
     depth.sum().backward()
     assert centre.grad[0, 0, 2] == pytest.approx(float(inside.sum()))

@@ -36,20 +36,24 @@ W_DATA = 1.0             # observed points near the model to its surface (trunca
 W_POSE_ADV = 0.1         # least squares: predictions should score as synthetic poses
 TRUNCATE_MM = 30.0       # observed points further from the model are someone else's surface
 SOFTNESS_PX = 1.0        # silhouette edge width
+EDGE_INSET = 2.0         # the soft edge sits this many widths inside the sphere's outline, so a
+                         # correct pose pays (almost) nothing for the edge: outside mass ~0.13 px
 
 # NYU-14 skeleton as bones (a, b, radius at a in mm, radius at b in mm). NYU-14 has no finger
 # base joints, so each finger runs from its middle knuckle to the palm centre: the cone this
-# makes stands in for the palm between the knuckles.
+# makes stands in for the palm between the knuckles. Radii are the depth of the observed surface
+# in front of each joint (about 10 mm at finger joints, 15 mm at the palm: the palm is thin, so
+# its spheres stay small and the palm's width comes from the fan of finger cones).
 _I = {n: i for i, n in enumerate(NYU14_NAMES)}
 NYU14_BONES: tuple[tuple[int, int, float, float], ...] = tuple(
     (_I[a], _I[b], ra, rb) for a, b, ra, rb in (
-        ("pinky_tip", "pinky_pip", 7, 8), ("pinky_pip", "palm_center", 8, 20),
-        ("ring_tip", "ring_pip", 8, 9), ("ring_pip", "palm_center", 9, 22),
-        ("middle_tip", "middle_pip", 8, 9), ("middle_pip", "palm_center", 9, 22),
-        ("index_tip", "index_pip", 8, 9), ("index_pip", "palm_center", 9, 22),
-        ("thumb_tip", "thumb_ip", 9, 10), ("thumb_ip", "thumb_mcp", 10, 12), ("thumb_mcp", "palm_center", 12, 20),
-        ("wrist_ulnar", "palm_center", 18, 22), ("wrist_radial", "palm_center", 18, 22),
-        ("wrist_ulnar", "wrist_radial", 18, 18)))
+        ("pinky_tip", "pinky_pip", 7, 8), ("pinky_pip", "palm_center", 8, 15),
+        ("ring_tip", "ring_pip", 8, 9), ("ring_pip", "palm_center", 9, 15),
+        ("middle_tip", "middle_pip", 8, 9), ("middle_pip", "palm_center", 9, 15),
+        ("index_tip", "index_pip", 8, 9), ("index_pip", "palm_center", 9, 15),
+        ("thumb_tip", "thumb_ip", 9, 10), ("thumb_ip", "thumb_mcp", 10, 12), ("thumb_mcp", "palm_center", 12, 15),
+        ("wrist_ulnar", "palm_center", 15, 15), ("wrist_radial", "palm_center", 15, 15),
+        ("wrist_ulnar", "wrist_radial", 15, 15)))
 SPHERES_PER_BONE = 4     # at t = 0, 1/4, 1/2, 3/4 from a to b (b is covered by the next bone)
 
 
@@ -83,9 +87,10 @@ def render_spheres(centres: torch.Tensor, radii: torch.Tensor, size: int,
 
     centres (B, K, 3), radii (K,) in crop units. Returns depth (B, S, S): the nearest sphere
     surface, 1 (the far plane) where no sphere covers the pixel; covered (B, S, S) bool; soft
-    silhouette (B, S, S) in [0, 1] whose edge is `softness` wide (default one pixel).
+    silhouette (B, S, S) in [0, 1] whose edge is `softness` wide (default one pixel), EDGE_INSET
+    widths inside the outline.
     """
-    softness = 2.0 / size if softness is None else softness
+    softness = SOFTNESS_PX * 2.0 / size if softness is None else softness
     grid = pixel_grid(size, centres.device, centres.dtype)                  # (P, 2)
     d2 = (grid[None, :, None, :] - centres[:, None, :, :2]).pow(2).sum(-1)  # (B, P, K)
     r2 = radii.pow(2)[None, None, :]
@@ -94,7 +99,7 @@ def render_spheres(centres: torch.Tensor, radii: torch.Tensor, size: int,
     far = torch.ones((), dtype=centres.dtype, device=centres.device)
     depth = torch.where(inside, surface, far).amin(dim=2).clamp(max=1.0)
     covered = inside.any(dim=2)
-    coverage = torch.sigmoid((radii[None, None, :] - torch.sqrt(d2 + 1e-8)) / softness)
+    coverage = torch.sigmoid((radii[None, None, :] - torch.sqrt(d2 + 1e-8)) / softness - EDGE_INSET)
     silhouette = 1 - torch.exp(torch.log1p(-coverage.clamp(max=1 - 1e-6)).sum(dim=2))
     shape = (len(centres), size, size)
     return depth.view(shape), covered.view(shape), silhouette.view(shape)

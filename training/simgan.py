@@ -31,7 +31,8 @@ from training.config import TrainConfig
 from training.methods import Method, critic_loss, register, sq_sum
 
 W_REALISM = 1.0          # least-squares realism term of the refiner
-W_SELF_REG = 1.0         # per-pixel L1 to the synthetic input (crops in [-1, 1])
+W_SELF_REG = 5.0         # per-pixel L1 to the synthetic input (crops in [-1, 1]); at 1.0 the refiner
+                         # moved finger surfaces 10-15 mm in depth on a dev set (labels no longer valid)
 HISTORY_BATCHES = 50     # buffer size in batches (public implementations use ~100; fp16 here)
 
 

@@ -47,11 +47,11 @@ N_LABELED = (10, 100, 1000, "all")
 PRESETS: dict[str, dict] = {
     "small": {"train_preset": "cpu-small",
               "settings": {"pretrain_steps": 300, "steps": 800, "epoch_steps": 100, "log_every": 50,
-                           "checkpoint_every": 200, "workers": 1, "lr_schedule": "constant"}},
+                           "checkpoint_every": 200, "eval_every": 200, "workers": 1, "lr_schedule": "constant"}},
     # Paper-sized crops and networks, for a GPU; a shortened schedule (the paper's is 307k steps a run).
     "paper": {"train_preset": "paper",
               "settings": {"pretrain_steps": 20000, "steps": 50000, "epoch_steps": 1137, "log_every": 200,
-                           "checkpoint_every": 5000, "workers": 8}},
+                           "checkpoint_every": 5000, "eval_every": 5000, "workers": 8}},
 }
 
 
