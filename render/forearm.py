@@ -4,7 +4,8 @@ Real depth captures always show the forearm leaving the hand; a hand that ends a
 artefact a network can learn to rely on (and the hand mesh is open there). The stub is a tapered
 tube with an elliptic cross-section: flat like a real forearm (wider across the palm than through
 it), starting 2 cm inside the palm so that it closes the wrist opening, and pointing away from the
-fingers with a random wrist bend. Its length (12 to 18 cm by default) reaches past the 150 mm half
+fingers with a random wrist bend, bent away from the camera rather than towards it (the arm of
+a person facing a third-person camera goes back to the body). Its length (12 to 18 cm by default) reaches past the 150 mm half
 cube of the standard NYU crop around the palm centre, so crops look like real ones.
 """
 
@@ -88,6 +89,10 @@ def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
     across = _unit(across - palm_dir * (across @ palm_dir))
     normal = _cross(palm_dir, across)  # through the palm
     axis = _rotate(-palm_dir, across, params.flexion_deg)
+    if axis[2] < -palm_dir[2] and axis[2] < 0:
+        # The wrist bends the other way: seen by a third-person camera (+z forward) the arm goes
+        # back towards the body rather than up to the camera.
+        axis = _rotate(-palm_dir, across, -params.flexion_deg)
     axis = _rotate(axis, normal, params.deviation_deg)
     side = _unit(across - axis * (across @ axis))
     up = _cross(axis, side)
