@@ -93,6 +93,18 @@ def folder_checksum(root: Path, pattern: str = "*") -> str:
     return h.hexdigest()
 
 
+def repository_version() -> dict:
+    """The commit the data was built with: hand model, prior and renderer all shape the frames."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "render", "hand_models", "training",
+                                "benchmarks/sim2real"], cwd=root, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return {"commit": None, "modified": None}
+    return {"commit": commit or None, "modified": bool(dirty)}
+
+
 def check_inputs(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise BuildError(f"--workers must be >= 1, got {args.workers}")
@@ -196,12 +208,13 @@ def build(args: argparse.Namespace) -> dict:
     commands: dict = {"build": ["python", "benchmarks/sim2real/build.py", *args.argv]}
     # DIR/source and DIR/pairs belong to this build: render-hands resumes them when nothing changed
     # and replaces them when a setting (or the pose file) did.
-    extra = ["--overwrite"]
+    # render-hands gets half the cores: it runs beside the target's workers.
+    extra = ["--overwrite", "--workers", str(max(1, args.workers // 2))]
 
     # The source renders in the background while the target is built (render-hands resumes).
     source_cmd, source_proc = render_hands(
         ["--n", str(preset.source), "--out", "source", "--views", "3", "--sensor", "clean", "--seed", str(args.seed),
-         "--shard-size", str(preset.shard_size), "--workers", "1", *extra], out, out / ".source.log")
+         "--shard-size", str(preset.shard_size), *extra], out, out / ".source.log")
     commands["source"] = {"cwd": ".", "argv": ["render-hands", *source_cmd[3:]]}
     pairs_proc = None
     try:
@@ -252,7 +265,7 @@ def build(args: argparse.Namespace) -> dict:
                     pairs_cmd, pairs_proc = render_hands(
                         ["--poses", "../target_train_poses.npz", "--n", str(preset.train), "--out", ".",
                          "--views", "1", "--sensor", "clean", "--seed", str(args.seed), "--shard-size",
-                         str(preset.shard_size), "--workers", "1", *extra], out / "pairs", out / ".pairs.log")
+                         str(preset.shard_size), *extra], out / "pairs", out / ".pairs.log")
                     commands["pairs"] = {"cwd": "pairs", "argv": ["render-hands", *pairs_cmd[3:]]}
         timings["target_s"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -280,6 +293,7 @@ def build(args: argparse.Namespace) -> dict:
         "commands": commands,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "machine": {"cpus": os.cpu_count(), "workers": args.workers},
+        "repository": repository_version(),
         "checksums": checksums,
         "nyu_split": {s: {"pool": int(len(splits[s])), "fitted": int(len(fitted[s].nyu_index)),
                           "fit_residual_mm_median": round(float(np.median(fitted[s].residual_mm)), 3)}
