@@ -109,6 +109,7 @@ class PosePrior:
         self._synergy_names = list(SYNERGIES)
         w = np.array([_SYNERGY_WEIGHTS[n] for n in self._synergy_names])
         self._synergy_p = w / w.sum()
+        self._sphere_weights, self._sphere_reach, self._sphere_pairs = self._spheres()
 
     # --- frames -------------------------------------------------------------------------
     @staticmethod
@@ -233,31 +234,41 @@ class PosePrior:
         """False where spheres along two different fingers (or thumb and palm) overlap by more
         than the tolerance. Radii are fixed proxies: 9 mm fingers, 10 mm thumb, 14 mm palm."""
         with torch.no_grad():
-            j = self.model.keypoints(torch.from_numpy(batch.hand_pose), torch.from_numpy(batch.betas)).joints.numpy()
-        centres, radii, owner = [], [], []
-        for k, finger in enumerate(("thumb",) + _FINGERS):
-            names = (["thumb_mcp", "thumb_ip", "thumb_tip"] if finger == "thumb"
-                     else [f"{finger}_pip", f"{finger}_dip", f"{finger}_tip"])
-            base = f"{finger}_mcp"
-            pts = [j[:, JOINT_INDEX[base]]] + [j[:, JOINT_INDEX[x]] for x in names]
-            for a, b in zip(pts[:-1], pts[1:]):
+            j = self.model.keypoints(torch.from_numpy(batch.hand_pose), torch.from_numpy(batch.betas)).joints
+        centres = torch.einsum("sj,njc->nsc", self._sphere_weights, j)
+        a, b = self._sphere_pairs
+        depth = self._sphere_reach - (centres[:, a] - centres[:, b]).norm(dim=-1)
+        return (depth.max(dim=1).values <= self.collision_tolerance_m).numpy()
+
+    @staticmethod
+    def _spheres() -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Sphere centres as fixed blends of the 21 joints, their radii, and the pairs to test."""
+        rows, radii, owner = [], [], []
+
+        def sphere(a: str, b: str, t: float, radius: float, k: int) -> None:
+            w = np.zeros(21)
+            w[JOINT_INDEX[a]] += 1 - t
+            w[JOINT_INDEX[b]] += t
+            rows.append(w)
+            radii.append(radius)
+            owner.append(k)
+
+        sphere("thumb_mcp", "thumb_mcp", 0.0, 0.010, 0)
+        for a, b in (("thumb_mcp", "thumb_ip"), ("thumb_ip", "thumb_tip")):
+            for t in (0.25, 0.5, 0.75, 1.0):
+                sphere(a, b, t, 0.010, 0)
+        for k, f in enumerate(_FINGERS, start=1):
+            for a, b in zip(("mcp", "pip", "dip"), ("pip", "dip", "tip")):
                 for t in (0.25, 0.5, 0.75, 1.0):
-                    centres.append(a + t * (b - a))
-                    radii.append(0.010 if finger == "thumb" else 0.009)
-                    owner.append(k)
-        wrist = j[:, JOINT_INDEX["wrist"]]
+                    sphere(f"{f}_{a}", f"{f}_{b}", t, 0.009, k)
         for f in _FINGERS:  # palm: spheres from the wrist towards each MCP
             for t in (0.35, 0.7):
-                centres.append(wrist + t * (j[:, JOINT_INDEX[f"{f}_mcp"]] - wrist))
-                radii.append(0.014)
-                owner.append(5)
-        c = np.stack(centres, 1)
-        r = np.array(radii)
+                sphere("wrist", f"{f}_mcp", t, 0.014, 5)
         owner = np.array(owner)
         # Fingers against each other; the thumb also against the palm (fingertips may touch it).
         pair = (owner[:, None] != owner[None, :]) & ((owner[:, None] < 5) & (owner[None, :] < 5) |
                                                      (owner[:, None] == 0) | (owner[None, :] == 0))
-        dist = np.linalg.norm(c[:, :, None] - c[:, None, :], axis=-1)
-        depth = (r[:, None] + r[None, :]) - dist
-        depth = np.where(pair[None], depth, -np.inf)
-        return depth.max(axis=(1, 2)) <= self.collision_tolerance_m
+        a, b = np.nonzero(np.triu(pair))
+        r = np.array(radii)
+        return (torch.tensor(np.array(rows), dtype=torch.float32), torch.tensor(r[a] + r[b], dtype=torch.float32),
+                (torch.from_numpy(a), torch.from_numpy(b)))
