@@ -337,6 +337,16 @@ def plot_refined(run: Path, data: Path, path: Path, count: int = 6) -> None:
     plt.close(fig)
 
 
+def _build_summary(path: Path) -> str:
+    """' (preset, seed, frame counts)' from the data's build.json, or '' without one."""
+    try:
+        b = json.loads(path.read_text())
+        counts = ", ".join(f"{k} {v}" for k, v in b["counts"].items())
+        return f" (build.py preset {b['preset']}, seed {b['seed']}: {counts} frames)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 # --- the command -------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -382,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             f"`python benchmarks/sim2real/run.py --data {args.data} --preset {args.preset} --out {args.out}` "
             f"on {machine()}: {len(rows)} runs, {elapsed / 60:.1f} min in all"
             f"{' (rows already done were not re-run)' if any(r.get('train_seconds') is None for r in results) else ''}. "
-            f"Data: {args.data}{' (build.json: ' + build.read_text().strip()[:300].replace(chr(10), ' ') + ')' if build.exists() else ''}. "
+            f"Data: {args.data}{_build_summary(build)}. "
             f"Scored on target_test around the detected hand; upper bound = {upper}; "
             f"gap closed = (synthetic-only - method) / (synthetic-only - upper bound). "
             f"The NYU column is the one labelled real Kinect frame in ../shared/real_samples (a smoke test on a real "
