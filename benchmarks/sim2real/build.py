@@ -99,7 +99,7 @@ def repository_version() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "render", "hand_models", "training",
-                                "benchmarks/sim2real"], cwd=root, capture_output=True, text=True).stdout.strip()
+                                "benchmarks/sim2real/build.py", "benchmarks/sim2real/target.py"], cwd=root, capture_output=True, text=True).stdout.strip()
     except OSError:
         return {"commit": None, "modified": None}
     return {"commit": commit or None, "modified": bool(dirty)}
