@@ -113,3 +113,33 @@ def test_bad_input_is_one_line(args, message, tmp_path):
     last = result.stderr.strip().splitlines()
     assert message in last[-1], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@needs_shared
+def test_splits_larger_than_their_pool_vary_the_pose():
+    """The paper preset's pools run out of NYU poses: later passes perturb them, labels stay exact."""
+    sys.path.insert(0, str(BUILD.parent))
+    import target as tgt
+    from hand_models.model import HandModel
+    from render.camera import NYU_KINECT, xyz_to_uvd
+
+    model = HandModel.load("open")
+    labels = tgt.load_nyu_labels(SHARED / "eval_anchors" / "nyu" / "nyu_test_groundtruth_label.txt")
+    splits = tgt.split_nyu(len(labels), 0)
+    assert sum(len(v) for v in splits.values()) == len(labels)
+    assert not set(splits["test"]) & set(splits["train"])
+    holes = tgt.HolePatterns.measure([SHARED / "real_samples" / "nyu"])
+    synth = tgt.TargetSynthesizer(model, holes, seed=0)
+    try:
+        fitted = tgt.fit_nyu(model, synth.prior, labels, splits["train"][:2], steps=30)
+        frames = synth.frames("train", 0, 4, fitted)
+    finally:
+        synth.close()
+    assert not np.allclose(frames[0].pose.hand_pose, frames[2].pose.hand_pose)   # pose 0, second pass
+    assert np.all(synth.prior.within_limits(np.concatenate([f.pose.hand_pose for f in frames]), 1e-3))
+    for f in frames:
+        with torch.no_grad():
+            joints = model(torch.from_numpy(f.pose.hand_pose), torch.from_numpy(f.pose.betas),
+                           torch.from_numpy(f.pose.global_orient), torch.from_numpy(f.transl_m[None]).float()).nyu14
+        np.testing.assert_allclose(xyz_to_uvd(joints[0].double().numpy() * 1000, NYU_KINECT), f.nyu14_uvd, atol=0.05)
+        assert f.depth_mm.shape == (480, 640) and f.depth_mm.dtype == np.uint16
