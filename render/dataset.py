@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hand_models.joints import JOINT_NAMES, NYU14_NAMES
+from hand_models.joints import NYU14_NAMES
 from hand_models.model import HandModel
 from hand_models.prior import PoseBatch, PosePrior
 from render import forearm as forearm_mod

@@ -3,8 +3,6 @@ resume after a killed run, slices and merge, refusal of bad inputs."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +15,7 @@ import pytest
 from hand_models.joints import JOINT_NAMES
 from render.cli import main
 from render.gl import choose_backend
-from render.shards import iter_samples, read_manifest, sha256_file
+from render.shards import iter_samples, read_manifest
 
 choose_backend()
 BASE = ["--n", "40", "--shard-size", "16", "--seed", "3", "--quiet"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hand_models.joints import JOINT_NAMES, JOINT_PARENTS, NYU14_NAMES
+from hand_models.joints import JOINT_NAMES, JOINT_PARENTS
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sha256_file
 from training.captures import CaptureError, load_capture
