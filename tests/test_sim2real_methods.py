@@ -243,3 +243,18 @@ def test_plan_refuses_missing_data_and_lists_every_row(tmp_path, shared):
     assert run.upper_bound(rows).label == "supervised n=all" and run.upper_bound(rows).n == 8
     assert "--n-labeled 8" in rows[2].command and "--pairs" in rows[2].command
     assert len({r.run for r in rows}) == len(rows)
+
+
+def test_screening_links_frames_and_filters_labels(tmp_path, shared):
+    run = _runner()
+    nyu = shared / "real_samples/nyu"
+    assert run.undetectable(nyu) == []
+    for part in ("target_train", "target_unlabeled"):
+        (tmp_path / part).symlink_to(nyu)
+    assert run.screened(tmp_path, tmp_path / "runs") == tmp_path          # nothing to screen: DIR itself
+    seq = shared / "real_samples/realsense_sr305/seq_a"
+    run._link_capture(seq, tmp_path / "screened", [2, 5])
+    from training.captures import load_capture
+    original, copy = load_capture(seq), load_capture(tmp_path / "screened")
+    assert [f.name for f in copy.frames] == [f.name for i, f in enumerate(original.frames) if i not in (2, 5)]
+    assert np.array_equal(copy.depth_mm(2), original.depth_mm(3))

@@ -128,6 +128,82 @@ def upper_bound(rows: list[Row]) -> Row:
     return max((r for r in rows if r.method == "supervised"), key=lambda r: r.n)
 
 
+# --- screening: frames train-mapping cannot use ------------------------------------------------
+def undetectable(folder: Path) -> list[int]:
+    """Frames of a capture in which training.localize finds no hand (train-mapping crops every
+    unlabeled real frame around the detected hand, and stops at the first such frame)."""
+    from training.captures import CaptureError, load_capture
+
+    capture, bad = load_capture(folder), []
+    for i in range(len(capture)):
+        try:
+            capture.locate(i)
+        except CaptureError:
+            bad.append(i)
+    return bad
+
+
+def _link_capture(src: Path, dst: Path, drop: list[int]) -> None:
+    """A capture folder of symbolic links to `src`'s frames without the frames in `drop`, labels
+    filtered to match."""
+    from training.captures import load_capture
+
+    capture = load_capture(src)
+    dst.mkdir(parents=True)
+    for i, frame in enumerate(capture.frames):
+        if i not in drop:
+            (dst / frame.name).symlink_to(frame.resolve())
+    meta = json.loads((src / "capture.json").read_text())
+    if "labels" in meta:
+        lines = [line for line in (src / meta["labels"]).read_text().splitlines() if line.strip()]
+        (dst / meta["labels"]).write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in drop))
+    (dst / "capture.json").write_text(json.dumps({**meta, "screened_out": drop}, indent=1) + "\n")
+
+
+def screened(data: Path, out: Path) -> Path:
+    """DIR itself when every training frame shows a detectable hand; else a copy in OUT/data (links)
+    without the frames the localiser cannot find, with the pose file of the pool filtered alike and
+    the pool's synthetic twins rendered again from it (build.json's pairs command), so that twin k
+    still shows labelled frame k. target_test is never screened: a test frame without a detected
+    hand stops the run."""
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "screen.json"
+    found = json.loads(cache.read_text()) if cache.exists() else {}
+    if found.get("data") != str(data.resolve()):
+        found = {"data": str(data.resolve()), **{p: undetectable(data / p) for p in ("target_train", "target_unlabeled")}}
+        cache.write_text(json.dumps(found) + "\n")
+    if not found["target_train"] and not found["target_unlabeled"]:
+        return data
+    copy = out / "data"
+    if (copy / "pairs" / "manifest.json").exists():
+        return copy
+    import shutil
+    import subprocess
+
+    print(f"sim2real: no hand found in target_train frames {found['target_train']} and target_unlabeled frames "
+          f"{found['target_unlabeled']}: training on {copy} without them", flush=True)
+    if copy.exists():
+        shutil.rmtree(copy)
+    copy.mkdir(parents=True)
+    for part in ("source", "target_test"):
+        (copy / part).symlink_to((data / part).resolve())
+    for part in ("target_train", "target_unlabeled"):
+        _link_capture(data / part, copy / part, found[part])
+    drop = found["target_train"]
+    with np.load(data / "target_train_poses.npz", allow_pickle=False) as poses:
+        n = len(poses["hand_pose"])
+        keep = np.setdiff1d(np.arange(n), drop)
+        arrays = {k: poses[k][keep] if poses[k].shape[:1] == (n,) else poses[k] for k in poses.files}
+    np.savez(copy / "target_train_poses.npz", **arrays)
+    build = json.loads((data / "build.json").read_text())
+    argv = list(build["commands"]["pairs"]["argv"])
+    argv[argv.index("--n") + 1] = str(int(argv[argv.index("--n") + 1]) * len(keep) // n)
+    (copy / "pairs").mkdir()
+    subprocess.run([sys.executable, "-m", "render.cli", *argv[1:]], cwd=copy / "pairs", check=True)
+    shutil.copy(data / "build.json", copy / "build.json")
+    return copy
+
+
 # --- running and scoring -----------------------------------------------------------------------
 def evaluate_run(row: Row, test: Path) -> dict:
     """Predict target_test with the run's checkpoint and score it; also predictions on the real
@@ -359,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-report", action="store_true", help="run and score, leave docs/ alone")
     args = p.parse_args(argv)
     try:
-        rows = plan(args.data, args.preset, args.out, args.steps)
+        data = screened(args.data, args.out)
+        rows = plan(data, args.preset, args.out, args.steps)
     except BenchmarkError as err:
         print(f"sim2real: error: {err}", file=sys.stderr)
         return 2
@@ -368,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, row in enumerate(rows, 1):
         print(f"[{i}/{len(rows)}] {row.label}: {row.command}", flush=True)
         try:
-            result = run_row(row, args.data / "target_test")
+            result = run_row(row, data / "target_test")
         except BenchmarkError as err:
             print(f"sim2real: error: {err}", file=sys.stderr)
             return 2
@@ -386,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_real_frames(results, args.docs / "sim2real_real_frames.png")
     simgan = next((r for r in rows if r.method == "simgan"), None)
     if simgan is not None:
-        plot_refined(simgan.run, args.data, args.docs / "simgan_refined.png")
+        plot_refined(simgan.run, data, args.docs / "simgan_refined.png")
     build = args.data / "build.json"
     body = (f"## Sim-to-real table ({args.preset} preset)\n\n"
             f"`python benchmarks/sim2real/run.py --data {args.data} --preset {args.preset} --out {args.out}` "
