@@ -258,3 +258,18 @@ def test_screening_links_frames_and_filters_labels(tmp_path, shared):
     original, copy = load_capture(seq), load_capture(tmp_path / "screened")
     assert [f.name for f in copy.frames] == [f.name for i, f in enumerate(original.frames) if i not in (2, 5)]
     assert np.array_equal(copy.depth_mm(2), original.depth_mm(3))
+
+
+def test_simgan_patches_of_empty_background_do_not_count():
+    from training.simgan import content
+    x = torch.ones(2, 1, 64, 64)
+    x[:, :, 20:30, 20:30] = 0.0
+    mask = content(x)
+    assert mask.shape == (2, 8, 8) and int(mask.sum()) == 2 * 4       # rows and columns 16..31
+    config = preset("cpu-small")
+    config.method = "simgan"
+    method = SimGAN(config)
+    # A critic that scores every surface patch 0.5 and background patches wildly: only the former count.
+    critic = lambda images: torch.where(content(images) > 0, 0.5, 100.0)  # noqa: E731
+    terms = {"critic_real": x[:1], "critic_synth": x[1:]}
+    assert float(method.critic_loss(critic, terms)) == pytest.approx(0.25 + 0.25)

@@ -8,7 +8,10 @@ Parts, as the paper gives them:
 - self-regularisation: per-pixel L1 between refined and synthetic crop, which keeps the hand
   where it was, so the synthetic labels stay valid for the refined crop;
 - local adversarial loss: a fully convolutional discriminator scores each patch (receptive field
-  about a quarter of the crop) as real or refined, least squares per patch;
+  about a quarter of the crop) as real or refined, least squares per patch, averaged over the
+  patches that show something (`content`): most of a crop is far-plane background, identical in
+  both domains, and averaging over it kept the discriminator at chance in our runs (loss 0.49 of
+  0.5 after 300 steps, against 0.21 of 0.25 with the mask);
 - history buffer: half of every discriminator batch of refined crops is drawn from crops the
   refiner made at earlier steps, and half of the fresh crops then replace random buffer entries
   (the buffer lives in the method's state, so a resumed run continues with the same buffer).
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.config import TrainConfig
-from training.methods import Method, critic_loss, register, sq_sum
+from training.methods import Method, register, sq_sum
 
 W_REALISM = 1.0          # least-squares realism term of the refiner
 W_SELF_REG = 5.0         # per-pixel L1 to the synthetic input (crops in [-1, 1]); at 1.0 the refiner
@@ -75,6 +78,15 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
+
+
+def content(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) crops -> (B, S/8, S/8) 1 where a discriminator patch covers any surface."""
+    return F.max_pool2d((images.float() < 1 - 1e-3).float(), 8)[:, 0]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
 class HistoryBuffer(nn.Module):
@@ -128,7 +140,12 @@ class SimGAN(Method):
         return PatchDiscriminator(self.config.stem_channels)
 
     def critic_loss(self, critic: nn.Module, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return critic_loss(critic, terms["critic_real"], self.history.mix(terms["critic_synth"]))
+        """Least squares per patch (real 1, refined 0), the refined half fresh, half history."""
+        real, refined = terms["critic_real"], self.history.mix(terms["critic_synth"])
+        images = torch.cat([real, refined])
+        scores, mask = critic(images).float(), content(images)
+        n = len(real)
+        return masked_mean((scores[:n] - 1).pow(2), mask[:n]) + masked_mean(scores[n:].pow(2), mask[n:])
 
     def losses(self, batch, critic):
         syn = batch["syn_image"]
@@ -136,7 +153,7 @@ class SimGAN(Method):
         terms = {"self_reg": W_SELF_REG * (refined.float() - syn.float()).abs().mean()}
         terms["pose_synth"] = sq_sum(self.head(self.encoder(refined.detach())), batch["syn_pose"])
         if critic is not None and "unl_image" in batch:
-            terms["realism"] = W_REALISM * (critic(refined).float() - 1).pow(2).mean()
+            terms["realism"] = W_REALISM * masked_mean((critic(refined).float() - 1).pow(2), content(refined.detach()))
             terms["critic_real"] = batch["unl_image"].detach()
             terms["critic_synth"] = refined.detach()
         return terms
