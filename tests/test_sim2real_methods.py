@@ -164,12 +164,13 @@ def test_aign_discriminator_judges_predictions_against_synthetic_poses():
     assert terms["critic_real"][:, 13 * 3:].abs().max() == 0       # palm-relative
     # The discriminator's step pulls synthetic scores to 0, predicted to 1.
     opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    first = float(method.critic_loss(critic, terms).detach())
     for _ in range(30):
         loss = method.critic_loss(critic, terms)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(method.critic_loss(critic, terms)) < 0.5 * float(loss.detach()) + 0.05
+    assert float(method.critic_loss(critic, terms).detach()) < 0.5 * first
     assert terms["pose_adversarial"].requires_grad
 
 
