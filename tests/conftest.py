@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -16,3 +17,12 @@ def shared() -> Path:
 def open_hand():
     from hand_models.model import HandModel
     return HandModel.load("open")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks: one intra-op thread is faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

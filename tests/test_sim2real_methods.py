@@ -26,12 +26,7 @@ TINY = {"batch_size": 12, "pretrain_steps": 2, "steps": 5, "log_every": 1, "eval
         "checkpoint_every": 5, "workers": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

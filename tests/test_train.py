@@ -24,13 +24,7 @@ TINY = {"batch_size": 8, "pretrain_steps": 2, "steps": 4, "log_every": 1, "eval_
         "checkpoint_every": 2, "workers": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one intra-op thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
