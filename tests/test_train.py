@@ -319,3 +319,31 @@ def test_torchrun_two_processes(data, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert [r["step"] for r in _records(run) if "train/loss" in r] == [1, 2, 3, 4]
+
+
+def test_unlabeled_frames_without_a_hand_are_passed_over(shared, tmp_path):
+    """A real capture with an empty frame among its unlabeled frames still trains: the frame
+    that shows no hand is replaced by the next one that does."""
+    import shutil
+
+    from PIL import Image
+
+    from training.captures import load_capture
+    from training.crop import AugmentParams
+    from training.data import RealFrameCache, unlabeled_crop
+
+    src = shared / "real_samples" / "realsense_sr305" / "seq_a"
+    cap = tmp_path / "cap"
+    cap.mkdir()
+    shutil.copy(src / "capture.json", cap / "capture.json")
+    frames = sorted(src.glob("*.png"), key=lambda p: int(p.stem))[:5]
+    for k, f in enumerate(frames):
+        shutil.copy(f, cap / f"{k}.png")
+    Image.fromarray(np.zeros((480, 640), np.uint16)).save(cap / "1.png")  # no hand at all
+    capture = load_capture(cap)
+    items = tuple((capture, i) for i in range(len(capture)))
+    cache = RealFrameCache(preset("cpu-small"), budget_mb=64)
+    empty = unlabeled_crop(items, 1, cache, AugmentParams())
+    after = unlabeled_crop(items, 2, cache, AugmentParams())
+    assert np.array_equal(empty, after)
+    assert not np.array_equal(unlabeled_crop(items, 0, cache, AugmentParams()), after)

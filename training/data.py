@@ -293,6 +293,20 @@ class RealFrameCache:
         return crop_hand(window, capture.intrinsics, centre, labels_uvd, _crop_config(self.config), augment, origin)
 
 
+def unlabeled_crop(frames: tuple[tuple[Capture, int], ...], item: int, cache: RealFrameCache,
+                   augment: AugmentParams) -> np.ndarray:
+    """The crop of unlabeled frame `item`, or where no hand can be found in it (real captures
+    have such frames) of the next frame that has one: the batch stays a function of the step,
+    so runs stay reproducible and resumable."""
+    for j in range(len(frames)):
+        capture, i = frames[(item + j) % len(frames)]
+        try:
+            return cache.crop(capture, i, augment, None).image[None]
+        except CaptureError:
+            continue
+    raise DataError(f"{frames[0][0].root}: no unlabeled frame shows a detectable hand")
+
+
 # --- per-slot orders -------------------------------------------------------------------------
 class ShardOrder:
     """The synthetic items of one slot: epochs of permuted shards, each shuffled within itself."""
@@ -409,9 +423,8 @@ class TrainStream(IterableDataset):
                     add("pair_image", twin["image"])
                     add("pair_pose", twin["pose"])
             for _ in range(comp["unlabeled"]):
-                capture, i = src.unlabeled[next(unl)]
                 r = rng(UNLABELED, "unlabeled")
-                add("unl_image", frames_cache.crop(capture, i, aug.sample(r), None).image[None])
+                add("unl_image", unlabeled_crop(src.unlabeled, next(unl), frames_cache, aug.sample(r)))
             yield {k: torch.from_numpy(np.stack(v)) for k, v in parts.items()}
             step += workers
 
