@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+from training.figures import save_figure
 
 PANELS = (
     ("pose (summed squared error, normalised units)", ("pose_synth", "pose_real")),
@@ -48,12 +47,4 @@ def plot_run(run: str | Path, path: str | Path, title: str | None = None) -> Non
             ax.legend(fontsize=8)
     fig.suptitle(title or f"{config['method']}: {run.name} (dashed: end of synthetic pre-training)", fontsize=10)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path, dpi=110)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz
+from training.figures import save_figure
 
 # Intrinsics the published result files were produced with; y_up is the convention of the
 # dataset's own code (distances do not depend on it).
@@ -158,15 +157,7 @@ def plot_success_curve(curves: dict[str, EvalResult], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path, dpi=120)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest,
 from training.captures import CaptureError, load_capture
 from training.crop import Crop, crop_hand, crop_shard_sample
 from training.localize import centre_from_labels
+from training.figures import save_figure
 
 PREVIEWS = 16
 MAX_PROBLEMS_SHOWN = 20
@@ -307,20 +306,6 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
 
 
 # ----------------------------------------------------------------------------------- pictures
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _draw_joints(ax, uv: np.ndarray, joint_set: str | None) -> None:
     if joint_set == "21" and len(uv) == 21:
         for j, p in enumerate(JOINT_PARENTS):
@@ -364,7 +349,7 @@ def contact_sheet(report: Report, path: Path) -> None:
     fig.suptitle(f"{report.path} ({report.kind})\ndepth, joints (red), crop cube (cyan)"
                  + (", detected hand (orange) and centre (green)" if report.kind == "real" else ""), fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=80)
 
 
 def network_inputs(reports: list[Report], path: Path, per_row: int = 8) -> None:
@@ -384,7 +369,7 @@ def network_inputs(reports: list[Report], path: Path, per_row: int = 8) -> None:
         row[0].set_title(f"{r.kind}: {r.path.name}", fontsize=8, loc="left")
     fig.suptitle("network inputs (normalised depth, -1 near to +1 far plane)", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=80)
 
 
 def histograms(reports: list[Report], path: Path) -> None:
@@ -407,7 +392,7 @@ def histograms(reports: list[Report], path: Path) -> None:
         if ax.has_data():
             ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=80)
 
 
 def write_pictures(reports: list[Report], out: Path) -> list[Path]:

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import machine, write_section  # noqa: E402
+from training.figures import save_figure  # noqa: E402
 
 DOCS = ROOT / "docs"
 REAL_SAMPLES = ROOT.parent / "shared" / "real_samples"
@@ -291,12 +292,6 @@ def nyu_real_error(result: dict) -> float | None:
 
 
 # --- pictures ----------------------------------------------------------------------------------
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-
-
 def plot_curves(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -323,8 +318,7 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
     bx.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 BONES = ((0, 1), (1, 13), (2, 3), (3, 13), (4, 5), (5, 13), (6, 7), (7, 13), (8, 9), (9, 10), (10, 13),
@@ -366,8 +360,7 @@ def plot_real_frames(results: list[dict], path: Path) -> None:
                 ax.set_ylabel(name, fontsize=7)
     fig.suptitle("predictions (red, skeleton orange) on real sensor frames; NYU labels as cyan crosses", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_refined(run: Path, data: Path, path: Path, count: int = 6) -> None:
@@ -408,8 +401,7 @@ def plot_refined(run: Path, data: Path, path: Path, count: int = 6) -> None:
         axes[i, 0].set_ylabel(name, fontsize=8)
     fig.suptitle("SimGAN refiner: synthetic source crops, refined, difference (+-30 mm), real target crops", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _build_summary(path: Path) -> str:
