@@ -259,6 +259,8 @@ def test_config_and_schedule():
     assert lr_multiplier(c, 0) == pytest.approx(0.1089) and lr_multiplier(c, 2 * e) == pytest.approx(0.33)
     assert lr_multiplier(c, 10 * e) == pytest.approx(np.exp(-0.4))
     assert lr_multiplier(c, c.pretrain_steps) == pytest.approx(0.1089)   # restarts for the main phase
+    cos = TrainConfig(lr_schedule="cosine", pretrain_steps=100, steps=300)
+    assert [lr_multiplier(cos, s) for s in (0, 50, 100, 200, 300)] == pytest.approx([1.0, 0.5, 1.0, 0.5, 0.0])
 
 
 def test_cuda_code_path_on_cpu(data, tmp_path):

@@ -29,11 +29,7 @@ from hand_models.joints import NYU14_NAMES
 from training.config import ConfigError, TrainConfig
 from training.methods import Method, num_joints, register
 
-# Weights of the main-phase terms (the pose term on synthetic frames has weight 1, as everywhere).
-W_SILHOUETTE = 10.0      # rendered hand where nothing was observed (mean over all pixels: the hand covers ~1/10)
-W_SURFACE = 1.0          # rendered vs observed depth where both exist (smooth L1, mean over them)
-W_DATA = 1.0             # observed points near the model to its surface (truncated, mean)
-W_POSE_ADV = 0.1         # least squares: predictions should score as synthetic poses
+# Loss weights are settings (training.config: w_silhouette, w_surface, w_data, w_pose_adversarial).
 TRUNCATE_MM = 30.0       # observed points further from the model are someone else's surface
 SOFTNESS_PX = 1.0        # silhouette edge width
 EDGE_INSET = 2.0         # the soft edge sits this many widths inside the sphere's outline, so a
@@ -162,18 +158,19 @@ class AIGN(Method):
         return PoseDiscriminator(num_joints(self.config), self.config.head_hidden)
 
     def losses(self, batch, critic):
+        c = self.config
         f = self.encode(batch, ["syn_image", "unl_image"])
         terms = self.synthetic_terms(f, batch)
         if "unl_image" in f:
             pred = self.head(f["unl_image"]).view(len(f["unl_image"]), -1, 3)
             rendered = render_terms(pred, batch["unl_image"], self.config.cube_mm / 2)
-            terms["silhouette"] = W_SILHOUETTE * rendered["silhouette"]
-            terms["surface"] = W_SURFACE * rendered["surface"]
-            terms["data"] = W_DATA * rendered["data"]
+            terms["silhouette"] = c.w_silhouette * rendered["silhouette"]
+            terms["surface"] = c.w_surface * rendered["surface"]
+            terms["data"] = c.w_data * rendered["data"]
             if critic is not None:
                 judged = wrist_relative(pred)
                 synthetic = wrist_relative(batch["syn_pose"].view(len(batch["syn_pose"]), -1, 3))
-                terms["pose_adversarial"] = W_POSE_ADV * critic(judged).float().pow(2).mean()
+                terms["pose_adversarial"] = c.w_pose_adversarial * critic(judged).float().pow(2).mean()
                 terms["critic_real"] = judged.detach()
                 terms["critic_synth"] = synthetic.detach()
         return terms

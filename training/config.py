@@ -67,11 +67,25 @@ class TrainConfig:
     w_embedding: float = 0.2
     w_view: float = 1e-4
     w_adversarial: float = 1e-5
+    # SimGAN (training.simgan): the refiner's realism and self-regularisation terms (crops in
+    # [-1, 1]; at self-regularisation 1.0 the refiner moved finger surfaces 10-15 mm in depth on a
+    # dev set, so labels no longer held), and the discriminator's history in batches (public
+    # implementations keep about 100)
+    w_realism: float = 1.0
+    w_self_reg: float = 5.0
+    history_batches: int = 50
+    # AIGN (training.aign): rendered hand where nothing was observed (a mean over all pixels, and
+    # the hand covers about a tenth), rendered against observed depth, observed points to the
+    # model's surface, and the pose discriminator (predictions should score as synthetic poses)
+    w_silhouette: float = 10.0
+    w_surface: float = 1.0
+    w_data: float = 1.0
+    w_pose_adversarial: float = 0.1
 
     # --- optimisation and schedule -------------------------------------------------------------
     lr: float = 3.3e-4
     weight_decay: float = 1e-3
-    lr_schedule: str = "murauer"       # "murauer" (per-epoch warm-up + decay) or "constant"
+    lr_schedule: str = "murauer"       # "murauer" (per-epoch warm-up + decay), "cosine" or "constant"
     epoch_steps: int = 1137            # steps per schedule epoch (NYU: 72,757 frames / 64)
     pretrain_steps: int = 150 * 1137   # synthetic-only pre-training
     steps: int = 150 * 1137 + 120 * 1137   # total, pre-training included
@@ -106,8 +120,10 @@ class TrainConfig:
         need(self.n_labeled >= 0, f"n_labeled must be >= 0, got {self.n_labeled}")
         need(0 <= self.paired_fraction and 0 <= self.unlabeled_fraction
              and self.paired_fraction + self.unlabeled_fraction < 1, "batch fractions must leave room for synthetic frames")
+        need(self.history_batches >= 1, f"history_batches must be >= 1, got {self.history_batches}")
         need(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
-        need(self.lr_schedule in ("murauer", "constant"), f"lr_schedule must be murauer or constant, got {self.lr_schedule!r}")
+        need(self.lr_schedule in ("murauer", "cosine", "constant"),
+             f"lr_schedule must be murauer, cosine or constant, got {self.lr_schedule!r}")
         need(self.steps > 0 and 0 <= self.pretrain_steps, "steps must be > 0 and pretrain_steps >= 0")
         need(min(self.epoch_steps, self.log_every, self.eval_every, self.checkpoint_every) > 0,
              "epoch_steps, log_every, eval_every and checkpoint_every must be positive")
@@ -183,9 +199,15 @@ def preset(name: str) -> TrainConfig:
 
 
 def lr_multiplier(config: TrainConfig, step: int) -> float:
-    """Learning-rate factor at `step`; the schedule restarts when the main phase begins."""
+    """Learning-rate factor at `step`; the schedule restarts when the main phase begins.
+
+    "cosine" anneals each phase to zero, so a short run ends on a settled model rather than on
+    wherever the last full-rate step left it (the small benchmark runs, 1,000-step phases)."""
     if config.lr_schedule == "constant":
         return 1.0
     phase_start = config.pretrain_steps if step >= config.pretrain_steps else 0
+    if config.lr_schedule == "cosine":
+        length = config.steps - config.pretrain_steps if phase_start else max(config.pretrain_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min((step - phase_start) / length, 1.0)))
     epoch = (step - phase_start) // config.epoch_steps
     return 0.33 ** max(0, 2 - epoch // 2) if epoch < 4 else math.exp(-0.04 * epoch)

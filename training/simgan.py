@@ -33,11 +33,6 @@ from torch import nn
 from training.config import TrainConfig
 from training.methods import Method, register, sq_sum
 
-W_REALISM = 1.0          # least-squares realism term of the refiner
-W_SELF_REG = 5.0         # per-pixel L1 to the synthetic input (crops in [-1, 1]); at 1.0 the refiner
-                         # moved finger surfaces 10-15 mm in depth on a dev set (labels no longer valid)
-HISTORY_BATCHES = 50     # buffer size in batches (public implementations use ~100; fp16 here)
-
 
 class ResBlock(nn.Module):
     def __init__(self, ch: int) -> None:
@@ -134,7 +129,7 @@ class SimGAN(Method):
         # SimGAN paper's NYU refiner has 64 and 10), 8 and 2 with cpu-small.
         self.refiner = Refiner(config.stem_channels, 2 * config.blocks_per_stage)
         synthetic = config.batch_size - round(config.batch_size * config.unlabeled_fraction)
-        self.history = HistoryBuffer(HISTORY_BATCHES * max(synthetic // 2, 1), config.crop_size)
+        self.history = HistoryBuffer(config.history_batches * max(synthetic // 2, 1), config.crop_size)
 
     def make_discriminator(self) -> nn.Module:
         return PatchDiscriminator(self.config.stem_channels)
@@ -148,12 +143,12 @@ class SimGAN(Method):
         return masked_mean((scores[:n] - 1).pow(2), mask[:n]) + masked_mean(scores[n:].pow(2), mask[n:])
 
     def losses(self, batch, critic):
-        syn = batch["syn_image"]
+        c, syn = self.config, batch["syn_image"]
         refined = self.refiner(syn)
-        terms = {"self_reg": W_SELF_REG * (refined.float() - syn.float()).abs().mean()}
+        terms = {"self_reg": c.w_self_reg * (refined.float() - syn.float()).abs().mean()}
         terms["pose_synth"] = sq_sum(self.head(self.encoder(refined.detach())), batch["syn_pose"])
         if critic is not None and "unl_image" in batch:
-            terms["realism"] = W_REALISM * masked_mean((critic(refined).float() - 1).pow(2), content(refined.detach()))
+            terms["realism"] = c.w_realism * masked_mean((critic(refined).float() - 1).pow(2), content(refined.detach()))
             terms["critic_real"] = batch["unl_image"].detach()
             terms["critic_synth"] = refined.detach()
         return terms
