@@ -239,21 +239,24 @@ def test_plan_refuses_missing_data_and_lists_every_row(tmp_path, shared):
     assert run.upper_bound(rows).label == "supervised n=all" and run.upper_bound(rows).n == 8
     assert "--n-labeled 8" in rows[2].command and "--pairs" in rows[2].command
     assert len({r.run for r in rows}) == len(rows)
+    again = run.plan(tmp_path, "small", tmp_path / "runs", seed=1)    # another seed: its own folders
+    assert all("--seed 1" in r.command and r.run.parent.name == "seed1" for r in again)
+    assert not {r.run for r in rows} & {r.run for r in again}
 
 
-def test_screening_links_frames_and_filters_labels(tmp_path, shared):
+def test_seeds_are_aggregated_per_row():
     run = _runner()
-    nyu = shared / "real_samples/nyu"
-    assert run.undetectable(nyu) == []
-    for part in ("target_train", "target_unlabeled"):
-        (tmp_path / part).symlink_to(nyu)
-    assert run.screened(tmp_path, tmp_path / "runs") == tmp_path          # nothing to screen: DIR itself
-    seq = shared / "real_samples/realsense_sr305/seq_a"
-    run._link_capture(seq, tmp_path / "screened", [2, 5])
-    from training.captures import load_capture
-    original, copy = load_capture(seq), load_capture(tmp_path / "screened")
-    assert [f.name for f in copy.frames] == [f.name for i, f in enumerate(original.frames) if i not in (2, 5)]
-    assert np.array_equal(copy.depth_mm(2), original.depth_mm(3))
+    seeds = [_fake("synthetic-only", "synthetic-only", 0, mm) for mm in (30.0, 32.0)]
+    seeds += [_fake("murauer n=10", "murauer", 10, mm) for mm in (14.0, 16.0)]
+    seeds[1]["nyu_real_error_mm"], seeds[3]["nyu_real_error_mm"] = 20.0, 10.0
+    merged = run.aggregate(seeds)
+    assert [r["label"] for r in merged] == ["synthetic-only", "murauer n=10"]
+    assert merged[0]["mean_error_mm"] == 31.0 and merged[0]["sd_mm"] == pytest.approx(np.sqrt(2.0))
+    assert merged[0]["seed_errors_mm"] == [30.0, 32.0] and merged[0]["nyu_real_error_mm"] == 20.0
+    curve = np.mean([seeds[2]["fraction_within"], seeds[3]["fraction_within"]], axis=0)
+    assert np.allclose(merged[1]["fraction_within"], curve)
+    line = run.table(merged, "murauer n=10").splitlines()[3]
+    assert "| 15.0 ± 1.4 | 14.0 / 16.0 |" in line and "| 100 % |" in line and "| 10.0 |" in line
 
 
 def test_simgan_patches_of_empty_background_do_not_count():

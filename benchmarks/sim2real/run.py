@@ -1,16 +1,17 @@
 """The sim-to-real table: every method trained on the benchmark's data, scored on its target test split.
 
-    python benchmarks/sim2real/run.py --data DIR --preset small --out RUNS
+    python benchmarks/sim2real/run.py --data DIR --preset small --out RUNS [--seeds 0 1 2]
 
 DIR is what benchmarks/sim2real/build.py writes: source/ (clean synthetic 3-view shards),
 pairs/ (synthetic twins of target_train), target_train/ (labelled pool; the first n frames are
 the n-labelled subset), target_unlabeled/, target_test/ (capture folders). Each row is one
-`train-mapping` command (run in this process through training.cli.main, so the command written
+`train-mapping` command per seed (RUNS/seed{s}/ROW) (run in this process through training.cli.main, so the command written
 beside the row is exactly what ran), then `predict` on target_test around the detected hand and
 training.evaluate's metrics: mean 3D error over the NYU-14 joints and the fraction of frames
 whose worst joint lies within a threshold. Gap closed = (synthetic-only - method) /
 (synthetic-only - upper bound), where the upper bound is `supervised` with every target_train
-label (the same run as the `supervised` n = all row, not trained twice).
+label (the same run as the `supervised` n = all row, not trained twice). With several seeds a
+row reports the mean and standard deviation over them, and the gap closed of the means.
 
 Rows whose run folder already holds a result are not run again: an interrupted table resumes
 (and an interrupted run inside it resumes from its checkpoint). Writes the "sim2real <preset>"
@@ -67,6 +68,7 @@ class Row:
     n: int                # labelled target frames (0: none)
     args: tuple[str, ...]  # train-mapping arguments
     run: Path
+    seed: int
 
     @property
     def command(self) -> str:
@@ -81,8 +83,8 @@ def _capture_frames(folder: Path) -> int:
         raise BenchmarkError(str(err)) from None
 
 
-def plan(data: Path, preset: str, out: Path, steps: tuple[int, int] | None = None) -> list[Row]:
-    """The table's rows, in order; every folder checked before anything runs."""
+def plan(data: Path, preset: str, out: Path, steps: tuple[int, int] | None = None, seed: int = 0) -> list[Row]:
+    """The table's rows for one seed, in order; every folder checked before anything runs."""
     for part in ("source", "pairs", "target_train", "target_unlabeled", "target_test"):
         if not (data / part).is_dir():
             raise BenchmarkError(f"{data / part}: missing (build the data with benchmarks/sim2real/build.py)")
@@ -103,13 +105,13 @@ def plan(data: Path, preset: str, out: Path, steps: tuple[int, int] | None = Non
     counts = [n for n in N_LABELED if n == "all" or n < pool]
 
     def row(label: str, method: str, n: int, real: list[str], pairs: bool = False) -> Row:
-        run = out / label.replace(" ", "").replace("=", "-")
-        args = [*base, "--method", method, "--real", *real, "--out", str(run)]
+        run = out / f"seed{seed}" / label.replace(" ", "").replace("=", "-")
+        args = [*base, "--method", method, "--real", *real, "--seed", str(seed), "--out", str(run)]
         if n:
             args += ["--n-labeled", str(n)]
         if pairs:
             args += ["--pairs", str(data / "pairs")]
-        return Row(label, method, n, tuple(args), run)
+        return Row(label, method, n, tuple(args), run, seed)
 
     rows = [row("synthetic-only", "synthetic-only", 0, [unl])]
     for n in counts:
@@ -127,82 +129,6 @@ def plan(data: Path, preset: str, out: Path, steps: tuple[int, int] | None = Non
 def upper_bound(rows: list[Row]) -> Row:
     """`supervised` with every target_train label."""
     return max((r for r in rows if r.method == "supervised"), key=lambda r: r.n)
-
-
-# --- screening: frames train-mapping cannot use ------------------------------------------------
-def undetectable(folder: Path) -> list[int]:
-    """Frames of a capture in which training.localize finds no hand (train-mapping crops every
-    unlabeled real frame around the detected hand, and stops at the first such frame)."""
-    from training.captures import CaptureError, load_capture
-
-    capture, bad = load_capture(folder), []
-    for i in range(len(capture)):
-        try:
-            capture.locate(i)
-        except CaptureError:
-            bad.append(i)
-    return bad
-
-
-def _link_capture(src: Path, dst: Path, drop: list[int]) -> None:
-    """A capture folder of symbolic links to `src`'s frames without the frames in `drop`, labels
-    filtered to match."""
-    from training.captures import load_capture
-
-    capture = load_capture(src)
-    dst.mkdir(parents=True)
-    for i, frame in enumerate(capture.frames):
-        if i not in drop:
-            (dst / frame.name).symlink_to(frame.resolve())
-    meta = json.loads((src / "capture.json").read_text())
-    if "labels" in meta:
-        lines = [line for line in (src / meta["labels"]).read_text().splitlines() if line.strip()]
-        (dst / meta["labels"]).write_text("".join(line + "\n" for i, line in enumerate(lines) if i not in drop))
-    (dst / "capture.json").write_text(json.dumps({**meta, "screened_out": drop}, indent=1) + "\n")
-
-
-def screened(data: Path, out: Path) -> Path:
-    """DIR itself when every training frame shows a detectable hand; else a copy in OUT/data (links)
-    without the frames the localiser cannot find, with the pose file of the pool filtered alike and
-    the pool's synthetic twins rendered again from it (build.json's pairs command), so that twin k
-    still shows labelled frame k. target_test is never screened: a test frame without a detected
-    hand stops the run."""
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "screen.json"
-    found = json.loads(cache.read_text()) if cache.exists() else {}
-    if found.get("data") != str(data.resolve()):
-        found = {"data": str(data.resolve()), **{p: undetectable(data / p) for p in ("target_train", "target_unlabeled")}}
-        cache.write_text(json.dumps(found) + "\n")
-    if not found["target_train"] and not found["target_unlabeled"]:
-        return data
-    copy = out / "data"
-    if (copy / "pairs" / "manifest.json").exists():
-        return copy
-    import shutil
-    import subprocess
-
-    print(f"sim2real: no hand found in target_train frames {found['target_train']} and target_unlabeled frames "
-          f"{found['target_unlabeled']}: training on {copy} without them", flush=True)
-    if copy.exists():
-        shutil.rmtree(copy)
-    copy.mkdir(parents=True)
-    for part in ("source", "target_test"):
-        (copy / part).symlink_to((data / part).resolve())
-    for part in ("target_train", "target_unlabeled"):
-        _link_capture(data / part, copy / part, found[part])
-    drop = found["target_train"]
-    with np.load(data / "target_train_poses.npz", allow_pickle=False) as poses:
-        n = len(poses["hand_pose"])
-        keep = np.setdiff1d(np.arange(n), drop)
-        arrays = {k: poses[k][keep] if poses[k].shape[:1] == (n,) else poses[k] for k in poses.files}
-    np.savez(copy / "target_train_poses.npz", **arrays)
-    build = json.loads((data / "build.json").read_text())
-    argv = list(build["commands"]["pairs"]["argv"])
-    argv[argv.index("--n") + 1] = str(int(argv[argv.index("--n") + 1]) * len(keep) // n)
-    (copy / "pairs").mkdir()
-    subprocess.run([sys.executable, "-m", "render.cli", *argv[1:]], cwd=copy / "pairs", check=True)
-    shutil.copy(data / "build.json", copy / "build.json")
-    return copy
 
 
 # --- running and scoring -----------------------------------------------------------------------
@@ -262,18 +188,41 @@ def error_within(result: dict, threshold_mm: float) -> float:
     return float(np.interp(threshold_mm, t, result["fraction_within"]))
 
 
+def aggregate(results: list[dict]) -> list[dict]:
+    """One entry per row label (first-seen order) from the results of every seed: errors, curves,
+    train time and the NYU frame's error averaged; the per-seed errors and their standard
+    deviation kept; the first seed's command and real-frame predictions."""
+    rows: dict[str, list[dict]] = {}
+    for r in results:
+        rows.setdefault(r["label"], []).append(r)
+    merged = []
+    for runs in rows.values():
+        errors = [r["mean_error_mm"] for r in runs]
+        nyu = [r["nyu_real_error_mm"] for r in runs if r.get("nyu_real_error_mm") is not None]
+        merged.append({**runs[0], "mean_error_mm": float(np.mean(errors)), "seed_errors_mm": errors,
+                       "sd_mm": float(np.std(errors, ddof=1)) if len(errors) > 1 else math.nan,
+                       "fraction_within": list(np.mean([r["fraction_within"] for r in runs], axis=0)),
+                       "train_seconds": float(np.mean([r.get("train_seconds", 0.0) for r in runs])),
+                       "nyu_real_error_mm": float(np.mean(nyu)) if nyu else None})
+    return merged
+
+
 def table(results: list[dict], upper_label: str) -> str:
-    """Markdown table: one line per result, gap closed against the first (synthetic-only) row."""
+    """Markdown table of aggregated results (`aggregate`): one line per row, gap closed against
+    the synthetic-only row."""
     syn = next(r for r in results if r["method"] == "synthetic-only")["mean_error_mm"]
     upper = next(r for r in results if r["label"] == upper_label)["mean_error_mm"]
-    lines = ["| method | target labels | mean 3D error (mm) | frames within 20 / 40 mm | gap closed | "
-             "NYU real frame (mm) | train (s) | command |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | target labels | mean 3D error (mm) | seeds (mm) | frames within 20 / 40 mm | gap closed | "
+             "NYU real frame (mm) | train (s) | command (seed 0) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         gap = gap_closed(syn, r["mean_error_mm"], upper)
         nyu = r.get("nyu_real_error_mm")
+        sd = r.get("sd_mm", math.nan)
+        seeds = " / ".join(f"{e:.1f}" for e in r.get("seed_errors_mm", [r["mean_error_mm"]]))
         lines.append(
             f"| {r['label']}{' (upper bound)' if r['label'] == upper_label else ''} | {r['n']} | "
-            f"{r['mean_error_mm']:.1f} | {100 * error_within(r, 20):.0f} % / {100 * error_within(r, 40):.0f} % | "
+            f"{r['mean_error_mm']:.1f}{'' if math.isnan(sd) else f' ± {sd:.1f}'} | {seeds} | "
+            f"{100 * error_within(r, 20):.0f} % / {100 * error_within(r, 40):.0f} % | "
             f"{'n/a' if math.isnan(gap) else f'{100 * gap:.0f} %'} | "
             f"{'-' if nyu is None else f'{nyu:.1f}'} | {r.get('train_seconds', 0):.0f} | `{r['command']}` |")
     return "\n".join(lines)
@@ -422,54 +371,60 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="folder for the runs (resumed if present)")
     p.add_argument("--steps", nargs=2, type=int, metavar=("PRETRAIN", "TOTAL"),
                    help="override the preset's pre-training and total steps (e.g. a smoke run)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
+                   help="train every row once per seed (default: 0); the table gives mean and sd")
     p.add_argument("--docs", type=Path, default=DOCS, help="where the table's pictures go (default docs/)")
     p.add_argument("--no-report", action="store_true", help="run and score, leave docs/ alone")
     args = p.parse_args(argv)
     try:
-        data = screened(args.data, args.out)
-        rows = plan(data, args.preset, args.out, args.steps)
+        rows = [row for seed in args.seeds for row in plan(args.data, args.preset, args.out, args.steps, seed)]
     except BenchmarkError as err:
         print(f"sim2real: error: {err}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     results = []
     for i, row in enumerate(rows, 1):
-        print(f"[{i}/{len(rows)}] {row.label}: {row.command}", flush=True)
+        print(f"[{i}/{len(rows)}] {row.label}, seed {row.seed}: {row.command}", flush=True)
         try:
-            result = run_row(row, data / "target_test")
+            result = run_row(row, args.data / "target_test")
         except BenchmarkError as err:
             print(f"sim2real: error: {err}", file=sys.stderr)
             return 2
         result["nyu_real_error_mm"] = nyu_real_error(result)
-        print(f"    {row.label}: {result['mean_error_mm']:.2f} mm on {result['frames']} target_test frames "
-              f"({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
+        print(f"    {row.label}, seed {row.seed}: {result['mean_error_mm']:.2f} mm on {result['frames']} target_test "
+              f"frames ({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
         results.append(result)
     elapsed = time.perf_counter() - t0
     upper = upper_bound(rows).label
+    merged = aggregate(results)
     if args.no_report:
-        print(table(results, upper))
+        print(table(merged, upper))
         return 0
     args.docs.mkdir(parents=True, exist_ok=True)
-    plot_curves(results, args.docs / "sim2real_curves.png", f"sim2real, preset {args.preset}")
-    plot_real_frames(results, args.docs / "sim2real_real_frames.png")
+    plot_curves(merged, args.docs / "sim2real_curves.png", f"sim2real, preset {args.preset}, "
+                f"mean over seed(s) {', '.join(map(str, args.seeds))}")
+    plot_real_frames(merged, args.docs / "sim2real_real_frames.png")
     simgan = next((r for r in rows if r.method == "simgan"), None)
     if simgan is not None:
-        plot_refined(simgan.run, data, args.docs / "simgan_refined.png")
+        plot_refined(simgan.run, args.data, args.docs / "simgan_refined.png")
     build = args.data / "build.json"
+    seeds = " ".join(map(str, args.seeds))
     body = (f"## Sim-to-real table ({args.preset} preset)\n\n"
-            f"`python benchmarks/sim2real/run.py --data {args.data} --preset {args.preset} --out {args.out}` "
-            f"on {machine()}: {len(rows)} runs, {sum(r['train_seconds'] for r in results) / 60:.1f} min of training "
-            f"in all (each run's own clock); this invocation {elapsed / 60:.1f} min (rows whose folder held a "
-            f"result.json were read, not re-run). "
+            f"`python benchmarks/sim2real/run.py --data {args.data} --preset {args.preset} --out {args.out} "
+            f"--seeds {seeds}` on {machine()}: {len(rows)} runs, "
+            f"{sum(r['train_seconds'] for r in results) / 60:.1f} min of training in all (each run's own clock); "
+            f"this invocation {elapsed / 60:.1f} min (rows whose folder held a result.json were read, not re-run). "
             f"Data: {args.data}{_build_summary(build)}. "
-            f"Scored on target_test around the detected hand; upper bound = {upper}; "
-            f"gap closed = (synthetic-only - method) / (synthetic-only - upper bound). "
+            f"Scored on target_test around the detected hand; each row is the mean (± sd) over seeds {seeds}, "
+            f"per-seed errors beside it; the commands are seed 0's (other seeds differ in --seed and --out); "
+            f"upper bound = {upper}; gap closed = (synthetic-only - method) / (synthetic-only - upper bound), "
+            f"from the means. "
             f"The NYU column is the one labelled real Kinect frame in ../shared/real_samples (a smoke test on a real "
-            f"sensor, one frame). Curves: docs/sim2real_curves.png; real-sensor overlays: "
-            f"docs/sim2real_real_frames.png; SimGAN refinements: docs/simgan_refined.png.\n\n"
-            + table(results, upper))
+            f"sensor, one frame; seed 0's models in the overlays). Curves: docs/sim2real_curves.png; real-sensor "
+            f"overlays: docs/sim2real_real_frames.png; SimGAN refinements: docs/simgan_refined.png.\n\n"
+            + table(merged, upper))
     write_section(f"sim2real {args.preset}", body)
-    print(table(results, upper))
+    print(table(merged, upper))
     return 0
 
 
