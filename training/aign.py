@@ -163,7 +163,7 @@ class AIGN(Method):
         terms = self.synthetic_terms(f, batch)
         if "unl_image" in f:
             pred = self.head(f["unl_image"]).view(len(f["unl_image"]), -1, 3)
-            rendered = render_terms(pred, batch["unl_image"], self.config.cube_mm / 2)
+            rendered = render_terms(pred, batch["unl_image"], c.cube_mm / 2)
             terms["silhouette"] = c.w_silhouette * rendered["silhouette"]
             terms["surface"] = c.w_surface * rendered["surface"]
             terms["data"] = c.w_data * rendered["data"]
