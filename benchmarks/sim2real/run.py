@@ -258,9 +258,11 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     for method, marker in (("supervised", "o"), ("murauer", "s")):
-        pts = sorted((r["n"], r["mean_error_mm"]) for r in results if r["method"] == method)
+        pts = sorted((r["n"], r["mean_error_mm"], np.nan_to_num(r.get("sd_mm", 0.0)))
+                     for r in results if r["method"] == method)
         if pts:
-            bx.plot(*zip(*pts), marker=marker, label=method)
+            n, mm, sd = zip(*pts)
+            bx.errorbar(n, mm, yerr=sd, marker=marker, capsize=3, label=f"{method} (bars: sd over seeds)")
     for r, color in zip([r for r in results if r["method"] in ("synthetic-only", "simgan", "aign", "feature-mapping")],
                         ("black", "tab:purple", "tab:olive", "tab:cyan")):
         bx.axhline(r["mean_error_mm"], ls="--", color=color, label=f"{r['label']} (no n axis)")
