@@ -25,6 +25,7 @@ from hand_models.model import HandModel  # noqa: E402
 from hand_models.poses import save_pose_file  # noqa: E402
 from hand_models.prior import PosePrior  # noqa: E402
 from render.camera import NYU_KINECT, uvd_to_xyz, xyz_to_uvd  # noqa: E402
+from training.figures import save_figure  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -72,8 +73,7 @@ def draw_nyu_fit(model: HandModel, prior: PosePrior, out: Path) -> float:
     err = float(result.residual.mean() * 1000)
     fig.suptitle(f"Open hand fitted to NYU test frame 1 (camera 1): mean NYU-14 residual {err:.1f} mm")
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    save_figure(fig, out, dpi=90)
     return err
 
 

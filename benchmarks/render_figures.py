@@ -16,6 +16,7 @@ import numpy as np
 from hand_models.joints import JOINT_PARENTS
 from render.dataset import RenderConfig, Synthesizer
 from render.shards import decode_depth_png
+from training.figures import save_figure
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -59,7 +60,7 @@ def grid(n: int = 12) -> None:
         ax.set_title(f"{key}: palm at {label['nyu14_uvd'][-1][2]:.0f} mm", fontsize=8)
     fig.suptitle("render-hands --seed 1: depth windows (mm) with the 21 joint labels")
     fig.tight_layout()
-    fig.savefig(DOCS / "render_grid.png", dpi=90)
+    save_figure(fig, DOCS / "render_grid.png", dpi=90)
     synth.close()
 
 
@@ -75,7 +76,7 @@ def clean_vs_kinect(n: int = 3) -> None:
         synth.close()
     fig.suptitle("The same samples (same seed): exact depth vs Kinect v1 artefacts")
     fig.tight_layout()
-    fig.savefig(DOCS / "render_clean_vs_kinect.png", dpi=90)
+    save_figure(fig, DOCS / "render_clean_vs_kinect.png", dpi=90)
 
 
 def three_views() -> None:
@@ -91,7 +92,7 @@ def three_views() -> None:
             axes[row, col].set_title(f"{key} view {col} ({view['view_name']})", fontsize=9)
     fig.suptitle("--views 3: one pose seen by the front, top and side cameras (windows around the hand)")
     fig.tight_layout()
-    fig.savefig(DOCS / "render_views.png", dpi=80)
+    save_figure(fig, DOCS / "render_views.png", dpi=80)
     synth.close()
 
 

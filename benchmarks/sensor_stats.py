@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 
 from render.camera import NYU_KINECT, Intrinsics
 from render.sensor import KINECT_V1, _tiles, apply_sensor
+from training.figures import save_figure
 
 NYU_NO_DEPTH = 2001  # NYU's frames hold 2001 where the sensor gave no depth (none are 0)
 NYU_FRAME = Path(__file__).resolve().parents[1].parent / "shared/real_samples/nyu/depth_1_0000001.png"
@@ -246,9 +247,7 @@ def write_figure(path: Path, clean: np.ndarray, kinect: np.ndarray, walled: np.n
     fig.suptitle("Depth sensor model: exact render vs Kinect v1 model vs a real NYU frame (black = no depth; "
                  "projector shadows fall right of near surfaces)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=90)
 
 
 def main() -> None:

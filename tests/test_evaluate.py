@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,22 @@ def test_load_uvd_refuses_ragged_and_empty(tmp_path):
     (tmp_path / "b.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="no frames"):
         load_uvd(tmp_path / "b.txt")
+
+
+def test_figures_are_written_whole_and_readable_by_others(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.figures import save_figure
+
+    old = os.umask(0o022)
+    try:
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0])
+        save_figure(fig, tmp_path / "curve.png")
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["curve.png"]          # no temporary file left
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "curve.png").stat().st_mode & 0o777 == 0o644

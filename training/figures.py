@@ -4,7 +4,6 @@ crash never leaves a half-written PNG where a person or a tool expects a whole o
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -13,8 +12,8 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
+    # Not tempfile.mkstemp: its files are private (0600), a picture is not.
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     try:
         fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)

@@ -317,6 +317,7 @@ def figure(out: Path, png: Path, n: int = 4) -> None:
 
     from render.shards import iter_samples
     from training.captures import load_capture
+    from training.figures import save_figure
 
     def show(ax, depth, title, uvd=None, centre=None, zoom=None):
         d = depth.astype(np.float32)
@@ -352,8 +353,7 @@ def figure(out: Path, png: Path, n: int = 4) -> None:
     fig.suptitle("sim2real: source (render-hands, clean) vs STAND-IN target (NYU poses, other shapes, "
                  "Kinect + real-capture holes, arm / body / table / wall); depth mm", fontsize=10)
     fig.tight_layout()
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
+    save_figure(fig, png, dpi=80)
 
 
 def main(argv: list[str] | None = None) -> int:
