@@ -216,7 +216,7 @@ def table(results: list[dict], upper_label: str) -> str:
     syn = next(r for r in results if r["method"] == "synthetic-only")["mean_error_mm"]
     upper = next(r for r in results if r["label"] == upper_label)["mean_error_mm"]
     lines = ["| method | target labels | mean 3D error (mm) | seeds (mm) | frames within 20 / 40 mm | gap closed | "
-             "NYU real frame (mm) | train (s) | command (seed 0) |", "|---|---|---|---|---|---|---|---|---|"]
+             "NYU real frame (mm) | train (s) | command (first seed) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         gap = gap_closed(syn, r["mean_error_mm"], upper)
         nyu = r.get("nyu_real_error_mm")
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             f"this invocation {elapsed / 60:.1f} min (rows whose folder held a result.json were read, not re-run). "
             f"Data: {args.data}{_build_summary(build)}. "
             f"Scored on target_test around the detected hand; each row is the mean (± sd) over seeds {seeds}, "
-            f"per-seed errors beside it; the commands are seed 0's (other seeds differ in --seed and --out); "
+            f"per-seed errors beside it; the commands are the first seed's (the others differ in --seed and --out); "
             f"upper bound = {upper}; gap closed = (synthetic-only - method) / (synthetic-only - upper bound), "
             f"from the means. "
             f"The NYU column is the one labelled real Kinect frame in ../shared/real_samples (a smoke test on a real "
