@@ -143,3 +143,27 @@ def test_splits_larger_than_their_pool_vary_the_pose():
                            torch.from_numpy(f.pose.global_orient), torch.from_numpy(f.transl_m[None]).float()).nyu14
         np.testing.assert_allclose(xyz_to_uvd(joints[0].double().numpy() * 1000, NYU_KINECT), f.nyu14_uvd, atol=0.05)
         assert f.depth_mm.shape == (480, 640) and f.depth_mm.dtype == np.uint16
+
+
+@needs_shared
+def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, capsys, one_torch_thread):
+    """The whole table end to end on the tiny build (2 steps a run): every row once per seed, the
+    table aggregated over seeds, and a second invocation reading the finished rows."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sim2real_run_e2e", REPO / "benchmarks/sim2real/run.py")
+    run = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = run
+    spec.loader.exec_module(run)
+    args = ["--data", str(two_builds[0]), "--out", str(tmp_path / "runs"), "--steps", "1", "2", "--seeds", "0", "1",
+            "--no-report"]
+    assert run.main(args) == 0
+    rows = ["synthetic-only", "supervisedn-all", "murauern-all", "feature-mappingn-all", "simgan", "aign"]
+    for seed in (0, 1):
+        assert sorted(p.name for p in (tmp_path / "runs" / f"seed{seed}").iterdir()) == sorted(rows)
+    first = capsys.readouterr().out
+    assert first.count(" steps, ") == 2 * len(rows)                    # each run's closing line
+    table = first[first.index("| method |"):]
+    assert len(table.strip().splitlines()) == 2 + len(rows) and table.count(" ± ") == len(rows)
+    assert run.main(args) == 0                                         # everything read back, nothing trained
+    again = capsys.readouterr().out
+    assert "steps," not in again and again[again.index("| method |"):] == table
