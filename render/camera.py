@@ -7,11 +7,12 @@ coordinates: x right, y down, z forward. NYU's own files use y up (y = (cy - v) 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from render.jsonfile import read_json_object
 
 
 @dataclass(frozen=True)
@@ -50,15 +51,9 @@ class Intrinsics:
     @classmethod
     def from_json(cls, path: str | Path) -> "Intrinsics":
         """Read {fx, fy, cx, cy, width, height}, bare or under an "intrinsics" key."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: cannot read camera JSON ({err})") from None
-        if isinstance(data, dict) and isinstance(data.get("intrinsics"), dict):
+        data = read_json_object(path, "camera JSON")
+        if isinstance(data.get("intrinsics"), dict):
             data = data["intrinsics"]
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: camera JSON must be an object")
         try:
             return cls.from_dict(data)
         except ValueError as err:

@@ -27,6 +27,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from render.jsonfile import read_json_object
+
 FORMAT_NAME = "depth-hands-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -143,10 +145,7 @@ class ShardWriter:
 
 def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read manifest ({err})") from None
+    manifest = read_json_object(path, "manifest")
     if manifest.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}: not a {FORMAT_NAME} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:

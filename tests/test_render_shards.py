@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from render.shards import ShardWriter, decode_depth_png, encode_depth_png, iter_shard
+from render.shards import ShardWriter, decode_depth_png, encode_depth_png, iter_shard, read_manifest
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (97, 131)])
@@ -55,3 +55,10 @@ def test_keys_with_dots_are_refused(tmp_path):
         writer.close()
     with tarfile.open(tmp_path / "shard-000000.tar") as tar:
         assert tar.getnames() == []
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff\xfe\x00", b"{not json"])
+def test_unreadable_manifest_is_refused_by_name(tmp_path, content):
+    (tmp_path / "manifest.json").write_bytes(content)
+    with pytest.raises(ValueError, match=r"manifest\.json: (cannot read manifest|manifest must be a JSON object)"):
+        read_manifest(tmp_path)

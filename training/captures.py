@@ -26,7 +26,6 @@ both), instead of feeding the trainer a giant or a doll.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from PIL import Image
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.camera import Intrinsics
+from render.jsonfile import read_json_object
 from training.evaluate import load_uvd
 from training.crop import AugmentParams, Crop, CropConfig, crop_hand
 from training.localize import HandLocation, LocalizeError, centre_from_labels, locate_hand
@@ -177,11 +177,9 @@ def load_capture(root: str | Path, check_units: bool = True) -> Capture:
     if not meta_path.is_file():
         raise CaptureError(f"{root}: no capture.json (a capture is depth frames plus capture.json)")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CaptureError(f"{meta_path}: cannot read ({err})") from None
-    if not isinstance(meta, dict):
-        raise CaptureError(f"{meta_path}: must be a JSON object")
+        meta = read_json_object(meta_path, "capture.json")
+    except ValueError as err:
+        raise CaptureError(str(err)) from None
     try:
         cam = Intrinsics.from_dict(meta.get("intrinsics") or {})
     except ValueError as err:

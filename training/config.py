@@ -16,10 +16,12 @@ run in seconds on a laptop CPU (tests, CI).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from render.jsonfile import read_json_object
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names it."""
@@ -170,13 +172,10 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path, base: "TrainConfig | None" = None) -> "TrainConfig":
-        path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{path}: cannot read config ({err})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: config must be a JSON object")
+            data = read_json_object(path, "config")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         return cls.from_dict(data, base, source=str(path))
 
 
