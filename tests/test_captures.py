@@ -172,3 +172,76 @@ def test_frame_size_must_match_intrinsics(tmp_path):
                                 {"0.png": _hand_frame()}), check_units=False)
     with pytest.raises(CaptureError, match="640x480 but capture.json says 320x240"):
         cap.depth_mm(0)
+
+
+def _side_view(root: Path, frames: dict[str, np.ndarray], extrinsics: list[list[float]], **extra) -> dict:
+    (root / "side").mkdir()
+    for name, arr in frames.items():
+        Image.fromarray(arr).save(root / "side" / name)
+    return {"name": "side", "folder": "side", "intrinsics": META["intrinsics"], "extrinsics_mm": extrinsics, **extra}
+
+
+# Side camera: 60 degrees about the vertical axis around a point 500 mm ahead.
+ROT = np.array([[0.5, 0.0, np.sqrt(3) / 2], [0.0, 1.0, 0.0], [-np.sqrt(3) / 2, 0.0, 0.5]])
+RIG = np.eye(4)
+RIG[:3, :3], RIG[:3, 3] = ROT, np.array([0.0, 0.0, 500.0]) - ROT @ [0.0, 0.0, 500.0]
+
+
+def test_views_load_and_carry_points_into_their_camera(tmp_path):
+    root = _capture(tmp_path, None, {"0.png": _hand_frame(), "1.png": _hand_frame()})
+    view = _side_view(root, {"a.png": _hand_frame(), "b.png": _hand_frame() // 2}, RIG.tolist())
+    (root / "capture.json").write_text(json.dumps(dict(META, views=[view])))
+    cap = load_capture(root)
+    side = cap.view("side")
+    assert cap.view("top") is None and [p.name for p in side.frames] == ["a.png", "b.png"]
+    np.testing.assert_allclose(side.to_view([0.0, 0.0, 500.0]), [0.0, 0.0, 500.0])   # the pivot stays put
+    np.testing.assert_allclose(side.to_view([0.0, 0.0, 400.0]), [-50 * np.sqrt(3), 0.0, 450.0])
+    np.testing.assert_array_equal(cap.depth_mm(1, side), _hand_frame().astype(np.float32) // 2)
+    assert len(list(root.glob("*.png"))) == len(cap) == 2   # view frames are not frames of the capture
+
+
+def test_left_hand_views_are_mirrored_with_their_rig(tmp_path):
+    """Mirroring a left capture mirrors each view's image and conjugates its extrinsics, so the
+    mirrored front point still lands on the mirrored side pixel."""
+    frame = _hand_frame()
+    frame[100:110, 50:60] = 700   # something off-centre, to see the flip
+    meta_views = []
+    for hand in ("right", "left"):
+        root = tmp_path / hand
+        root.mkdir()
+        Image.fromarray(frame).save(root / "0.png")
+        view = _side_view(root, {"0.png": frame}, RIG.tolist())
+        meta_views.append(load_capture(_write(root, dict(META, hand=hand, views=[view]))))
+    right, left = meta_views
+    side_r, side_l = right.view("side"), left.view("side")
+    np.testing.assert_array_equal(left.depth_mm(0, side_l), right.depth_mm(0, side_r)[:, ::-1])
+    point = np.array([30.0, -20.0, 450.0])
+    mirror = np.array([-1.0, 1.0, 1.0])
+    np.testing.assert_allclose(side_l.to_view(point * mirror), side_r.to_view(point) * mirror)
+    assert side_l.intrinsics.cx == pytest.approx(639 - side_r.intrinsics.cx)
+
+
+def _write(root: Path, meta: dict) -> Path:
+    (root / "capture.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"views": {"name": "side"}}, "views must be a list"),
+    ({"name": ""}, "name must be a non-empty string"),
+    ({"folder": "nowhere"}, "folder must name a subfolder"),
+    ({"folder": "."}, "folder must name a subfolder"),
+    ({"extrinsics_mm": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}, "extrinsics_mm must be a 4x4 rigid"),
+    ({"extrinsics_mm": (2 * np.eye(4)).tolist()}, "extrinsics_mm must be a 4x4 rigid"),
+    ({"extrinsics_mm": [[1, 0, 0, 0], [0, 1, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}, "extrinsics_mm must be a 4x4 rigid"),
+    ({"intrinsics": {"fx": 1}}, r"views\[0\]: intrinsics lack"),
+    ({"frames": 1}, "side: 1 frames, the capture has 2"),
+])
+def test_bad_views_are_refused_by_name(tmp_path, change, message):
+    root = _capture(tmp_path, None, {"0.png": _hand_frame(), "1.png": _hand_frame()})
+    count = change.pop("frames", 2)
+    view = _side_view(root, {f"{k}.png": _hand_frame() for k in range(count)}, np.eye(4).tolist())
+    views = change.pop("views") if "views" in change else [dict(view, **change)]
+    with pytest.raises(CaptureError, match=message) as err:
+        load_capture(_write(root, dict(META, views=views)))
+    assert "capture.json" in str(err.value) or "side" in str(err.value)

@@ -44,10 +44,11 @@ def test_same_seed_gives_identical_files(two_builds):
     assert set(ja["checksums"]) == {"source", "pairs", "target_train_poses.npz", "target_test", "target_train",
                                     "target_unlabeled"}
     for folder in ("target_test", "target_train", "target_unlabeled"):
-        files = sorted(p.name for p in (a / folder).iterdir())
-        assert files == sorted(p.name for p in (b / folder).iterdir())
+        files = sorted(str(p.relative_to(a / folder)) for p in (a / folder).rglob("*") if p.is_file())
+        assert files == sorted(str(p.relative_to(b / folder)) for p in (b / folder).rglob("*") if p.is_file())
         for name in files:
             assert (a / folder / name).read_bytes() == (b / folder / name).read_bytes(), f"{folder}/{name}"
+    assert len(list((a / "target_unlabeled" / "side").glob("*.png"))) == 3
     assert ja["counts"] == {"source": 16, "test": 3, "train": 4, "unlabeled": 3}
 
 
@@ -55,7 +56,7 @@ def test_same_seed_gives_identical_files(two_builds):
 def test_layout_and_labels_agree_with_pixels(two_builds):
     from hand_models.model import HandModel
     from hand_models.poses import load_pose_file
-    from render.camera import NYU_KINECT, xyz_to_uvd
+    from render.camera import NYU_KINECT, uvd_to_xyz, xyz_to_uvd
     from training.captures import load_capture
     from training.data import open_pairs
     from training.localize import locate_hand
@@ -91,6 +92,17 @@ def test_layout_and_labels_agree_with_pixels(two_builds):
             assert 0 < d - surface < 100, (cap.root, i, d, surface)
             centre = locate_hand(cap.depth_mm(i), cap.intrinsics).centre_uvd
             assert np.hypot(*(centre[:2] - cap.labels_uvd[i][-1][:2])) < 60
+
+    # The rig's side camera sees the hand where its extrinsics put it: the detected hand centre of
+    # the front frame, carried into the side camera, lands on a surface at that depth.
+    side = unlabeled.view("side")
+    assert side is not None and not test.views and not train.views
+    for i in range(len(unlabeled)):
+        centre = side.to_view(uvd_to_xyz(unlabeled.locate(i).centre_uvd, NYU_KINECT))
+        u, v, d = xyz_to_uvd(centre, side.intrinsics)
+        patch = unlabeled.depth_mm(i, side)[int(round(v)) - 4:int(round(v)) + 5, int(round(u)) - 4:int(round(u)) + 5]
+        assert (patch > 0).any() and abs(np.median(patch[patch > 0]) - d) < 60, (i, d, patch)
+        assert not np.array_equal(unlabeled.depth_mm(i, side), unlabeled.depth_mm(i))
 
     pairs = open_pairs(out / "pairs", 4)
     assert len(pairs.twins) == 4

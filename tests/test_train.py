@@ -47,7 +47,21 @@ def data(tmp_path_factory, shared):
                              "--out", str(root / "pairs")], check=True)
     real = shared / "real_samples"
     return {"root": root, "synthetic": root / "synth", "pairs": root / "pairs", "nyu": real / "nyu",
-            "real": [real / "nyu", real / "realsense_sr305/seq_a", real / "bighand"]}
+            "real": [real / "nyu", _rig_capture(real / "realsense_sr305/seq_a", root / "rig"), real / "bighand"]}
+
+
+def _rig_capture(src: Path, root: Path) -> Path:
+    """A copy of a real capture whose frames a second, co-located camera ("side", identity
+    extrinsics) films again: its view-prediction targets are the frames' own unaugmented crops."""
+    import shutil
+
+    shutil.copytree(src, root)
+    shutil.copytree(src, root / "side", ignore=shutil.ignore_patterns("*.json"))
+    meta = json.loads((root / "capture.json").read_text())
+    meta["views"] = [{"name": "side", "folder": "side", "intrinsics": meta["intrinsics"],
+                      "extrinsics_mm": np.eye(4).tolist()}]
+    (root / "capture.json").write_text(json.dumps(meta))
+    return root
 
 
 def _config(tmp: Path, **settings) -> Path:
@@ -82,7 +96,7 @@ def trained(data):
 MAIN_TERMS = {
     "synthetic-only": {"pose_synth"},
     "supervised": {"pose_synth", "pose_real"},
-    "murauer": {"pose_synth", "view", "pose_real", "embedding", "adversarial", "critic"},
+    "murauer": {"pose_synth", "view", "view_real", "pose_real", "embedding", "adversarial", "critic"},
     "feature-mapping": {"pose_synth", "pose_real", "embedding"},
 }
 
@@ -332,7 +346,7 @@ def test_unlabeled_frames_without_a_hand_are_passed_over(shared, tmp_path):
 
     from training.captures import load_capture
     from training.crop import AugmentParams
-    from training.data import RealFrameCache, unlabeled_crop
+    from training.data import RealFrameCache, unlabeled_item
 
     src = shared / "real_samples" / "realsense_sr305" / "seq_a"
     cap = tmp_path / "cap"
@@ -345,7 +359,34 @@ def test_unlabeled_frames_without_a_hand_are_passed_over(shared, tmp_path):
     capture = load_capture(cap)
     items = tuple((capture, i) for i in range(len(capture)))
     cache = RealFrameCache(preset("cpu-small"), budget_mb=64)
-    empty = unlabeled_crop(items, 1, cache, AugmentParams())
-    after = unlabeled_crop(items, 2, cache, AugmentParams())
+    empty = unlabeled_item(items, 1, cache, AugmentParams(), None)["image"]
+    after = unlabeled_item(items, 2, cache, AugmentParams(), None)["image"]
     assert np.array_equal(empty, after)
-    assert not np.array_equal(unlabeled_crop(items, 0, cache, AugmentParams()), after)
+    assert not np.array_equal(unlabeled_item(items, 0, cache, AugmentParams(), None)["image"], after)
+
+
+def test_unlabeled_frames_of_a_rig_come_with_their_view(data):
+    """Unlabeled frames of a capture with the target view carry that view's crop around the
+    detected hand (carried through the rig's extrinsics); frames of other captures carry zeros
+    and has_view 0, so that the view term skips them."""
+    from training.captures import load_capture
+    from training.crop import Augmentation, AugmentParams
+    from training.data import RealFrameCache, real_crop, unlabeled_item
+
+    config = TrainConfig.from_dict({"synthetic": "x"}, preset("cpu-small"))
+    rig, plain = load_capture(data["real"][1]), load_capture(data["real"][2])
+    items = tuple((rig, i) for i in range(len(rig))) + ((plain, 0),)
+    cache = RealFrameCache(config, budget_mb=64)
+    aug = Augmentation(60.0, 15.0, (0.9, 1.1), 5.0).sample(np.random.default_rng(1))
+    for k, (capture, i) in enumerate(items):
+        item = unlabeled_item(items, k, cache, aug, "side")
+        centre = capture.locate(i).centre_uvd
+        np.testing.assert_array_equal(item["image"][0], real_crop(capture, i, config, aug, centre).image)
+        if capture is rig:
+            expected = real_crop(capture, i, config, AugmentParams(), centre).image   # co-located camera
+            assert item["has_view"] == 1 and np.array_equal(item["view"][0], expected)
+        else:
+            assert item["has_view"] == 0 and not item["view"].any()
+        geo = real_crop(capture, i, config, aug, centre).geometry
+        np.testing.assert_allclose(item["centre_m"], geo.centre_xyz / 1000.0, rtol=1e-6)
+    assert "view" not in unlabeled_item(items, 0, cache, aug, None)

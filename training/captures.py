@@ -6,18 +6,27 @@ capture.json  {"intrinsics": {fx, fy, cx, cy, width, height},   # pixels, of the
                "depth_scale_mm": 1.0,                            # millimetres per stored unit
                "hand": "right" | "left",
                "labels": "labels_uvd.txt", "label_joints": "nyu14" | "21",   # optional
-               "sensor": "..."}                                  # optional, free text
+               "sensor": "...",                                  # optional, free text
+               "views": [{"name": "side", "folder": "side",      # optional: other cameras of the rig
+                          "intrinsics": {...}, "extrinsics_mm": 4x4}]}
 *.png | *.npy  depth frames, in natural name order (2.png before 10.png); .npy arrays are
                (height, width) in the stored unit; depth_encoding may be left out when all are .npy
 ```
+
+A view is another camera filming the same moments (NYU's rig had three): its folder holds as many
+frames as the capture, frame i of each showing the same instant, in the capture's encoding and
+unit. `extrinsics_mm` maps the capture camera's coordinates to the view camera's, X_view = T @
+[X, 1] (mm, OpenCV axes: x right, y down, z forward). MURAUER's view prediction learns from them
+on unlabeled frames: no labels are needed, only the rig's calibration.
 
 Labels are `u v d` per joint (pixels, pixels, mm), one line per frame in frame order.
 
 Left hands are mirrored to right hands, because every model here is trained on right hands: the
 image is flipped left-right (column c -> width - 1 - c), label u -> width - 1 - u, and the
 principal point cx -> width - 1 - cx, so the mirrored frame is an exact pinhole image of the
-mirrored (x -> -x) scene. `Capture.intrinsics` are those of the frames as returned; `mirror_uvd`
-undoes the label flip (it is its own inverse) to report results in the original images.
+mirrored (x -> -x) scene; views likewise, their extrinsics becoming M T M with M = diag(-1, 1,
+1, 1). `Capture.intrinsics` are those of the frames as returned; `mirror_uvd` undoes the label
+flip (it is its own inverse) to report results in the original images.
 
 Depth units are checked, not trusted: `check_units` locates the hand and refuses a capture whose
 hand is not at a distance and of a palm size a hand can have (a wrong `depth_scale_mm` scales
@@ -52,6 +61,24 @@ class CaptureError(ValueError):
     """A capture that cannot be used; the message names the file and the problem."""
 
 
+MIRROR_X = np.diag([-1.0, 1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class CaptureView:
+    """Another camera of the capture's rig: frame i of the view is frame i of the capture."""
+
+    name: str
+    intrinsics: Intrinsics          # of the frames as returned (mirrored for left hands)
+    extrinsics_mm: np.ndarray       # 4x4, capture camera -> this camera, mm (mirrored for left hands)
+    frames: tuple[Path, ...]
+
+    def to_view(self, xyz_mm: np.ndarray) -> np.ndarray:
+        """(..., 3) points of the capture camera in this camera's coordinates."""
+        t = self.extrinsics_mm
+        return np.asarray(xyz_mm, dtype=np.float64) @ t[:3, :3].T + t[:3, 3]
+
+
 @dataclass(frozen=True)
 class Capture:
     root: Path
@@ -63,6 +90,7 @@ class Capture:
     labels_uvd: np.ndarray | None   # (frames, joints, 3), mirrored like the frames
     label_joints: str | None
     sensor: str = ""
+    views: tuple[CaptureView, ...] = ()
 
     @property
     def mirrored(self) -> bool:
@@ -71,15 +99,19 @@ class Capture:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def depth_mm(self, index: int) -> np.ndarray:
-        """Frame `index` as float32 millimetres, 0 where the sensor measured nothing."""
-        path = self.frames[index]
+    def depth_mm(self, index: int, view: CaptureView | None = None) -> np.ndarray:
+        """Frame `index` (of `view`, else of the capture's own camera) as float32 millimetres, 0
+        where the sensor measured nothing."""
+        path, cam = (self.frames[index], self.intrinsics) if view is None else (view.frames[index], view.intrinsics)
         raw = read_depth_file(path, self.depth_encoding)
-        if raw.shape != (self.intrinsics.height, self.intrinsics.width):
+        if raw.shape != (cam.height, cam.width):
             raise CaptureError(f"{path}: image is {raw.shape[1]}x{raw.shape[0]} but capture.json says "
-                               f"{self.intrinsics.width}x{self.intrinsics.height}")
+                               f"{cam.width}x{cam.height}")
         depth = raw.astype(np.float32) * np.float32(self.depth_scale_mm)
         return np.ascontiguousarray(depth[:, ::-1]) if self.mirrored else depth
+
+    def view(self, name: str) -> CaptureView | None:
+        return next((v for v in self.views if v.name == name), None)
 
     def locate(self, index: int) -> HandLocation:
         """The detected hand of frame `index` (see training.localize)."""
@@ -168,6 +200,55 @@ def _natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
+def _frame_files(folder: Path) -> tuple[Path, ...]:
+    return tuple(sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".png", ".npy")),
+                        key=_natural_key))
+
+
+def _rigid(value: object) -> np.ndarray | None:
+    """A 4x4 rigid transform (rotation, translation, last row 0 0 0 1) as an array, else None."""
+    try:
+        t = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if t.shape != (4, 4) or not np.isfinite(t).all() or not np.allclose(t[3], [0, 0, 0, 1]):
+        return None
+    r = t[:3, :3]
+    return t if np.allclose(r @ r.T, np.eye(3), atol=1e-4) and np.linalg.det(r) > 0 else None
+
+
+def _load_views(root: Path, meta_path: Path, entries: object, n_frames: int, mirrored: bool) -> tuple[CaptureView, ...]:
+    if not isinstance(entries, list):
+        raise CaptureError(f"{meta_path}: views must be a list of {{name, folder, intrinsics, extrinsics_mm}}")
+    views: list[CaptureView] = []
+    for k, entry in enumerate(entries):
+        where = f"{meta_path}: views[{k}]"
+        if not isinstance(entry, dict):
+            raise CaptureError(f"{where} must be an object")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name or any(v.name == name for v in views):
+            raise CaptureError(f"{where}: name must be a non-empty string, unique among the views, got {name!r}")
+        folder = root / str(entry.get("folder", ""))
+        if "folder" not in entry or not folder.is_dir() or folder.resolve() == root.resolve():
+            raise CaptureError(f"{where}: folder must name a subfolder of {root} holding the view's frames, "
+                               f"got {entry.get('folder')!r}")
+        try:
+            cam = Intrinsics.from_dict(entry.get("intrinsics") or {})
+        except ValueError as err:
+            raise CaptureError(f"{where}: {err}") from None
+        extrinsics = _rigid(entry.get("extrinsics_mm"))
+        if extrinsics is None:
+            raise CaptureError(f"{where}: extrinsics_mm must be a 4x4 rigid transform [[R, t], [0, 0, 0, 1]] "
+                               f"(R a rotation, t in mm)")
+        frames = _frame_files(folder)
+        if len(frames) != n_frames:
+            raise CaptureError(f"{folder}: {len(frames)} frames, the capture has {n_frames} (one per instant)")
+        if mirrored:
+            cam, extrinsics = mirror_intrinsics(cam), MIRROR_X @ extrinsics @ MIRROR_X
+        views.append(CaptureView(name, cam, extrinsics, frames))
+    return tuple(views)
+
+
 def load_capture(root: str | Path, check_units: bool = True) -> Capture:
     """Read and validate a capture folder; `check_units=False` skips the depth-unit check."""
     root = Path(root)
@@ -191,8 +272,7 @@ def load_capture(root: str | Path, check_units: bool = True) -> Capture:
     if hand not in ("right", "left"):
         raise CaptureError(f"{meta_path}: hand must be 'right' or 'left', got {hand!r}")
 
-    frames = tuple(sorted((p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".png", ".npy")),
-                          key=_natural_key))
+    frames = _frame_files(root)
     if not frames:
         raise CaptureError(f"{root}: no depth frames (*.png or *.npy)")
     encoding = meta.get("depth_encoding")
@@ -213,12 +293,13 @@ def load_capture(root: str | Path, check_units: bool = True) -> Capture:
         if len(labels) != len(frames):
             raise CaptureError(f"{labels_path}: {len(labels)} label lines for {len(frames)} frames")
 
+    views = _load_views(root, meta_path, meta["views"], len(frames), hand == "left") if "views" in meta else ()
     if hand == "left":
         cam = mirror_intrinsics(cam)
         labels = None if labels is None else mirror_uvd(labels, cam.width)
     capture = Capture(root=root, intrinsics=cam, depth_encoding=encoding, depth_scale_mm=float(scale),
                       hand=hand, frames=frames, labels_uvd=labels, label_joints=label_joints,
-                      sensor=str(meta.get("sensor", "")))
+                      sensor=str(meta.get("sensor", "")), views=views)
     if check_units:
         capture.check_units()
     return capture

@@ -2,8 +2,9 @@
 
 Every batch is composed of up to three kinds of frames (training.config.TrainConfig.composition):
 synthetic frames (with the crop of another view when the shards hold 3 views), labelled real
-frames (with a synthetic twin each when a paired shard set is given) and unlabeled real frames.
-All pass through the one preprocessing, training.crop.
+frames (with a synthetic twin each when a paired shard set is given) and unlabeled real frames
+(with the crop of the same view of the rig where the capture has it: capture.json "views"). All
+pass through the one preprocessing, training.crop.
 
 Streaming and resuming. `TrainStream` is an IterableDataset that yields whole batches; the
 DataLoader's workers (`workers` per rank) decode PNGs and crop in parallel, and hand the batches
@@ -37,8 +38,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
+from render.camera import uvd_to_xyz, xyz_to_uvd
 from render.shards import decode_depth_png, iter_shard, read_manifest
-from training.captures import Capture, CaptureError, load_capture, mirror_uvd
+from render.views import VIEWS
+from training.captures import Capture, CaptureError, CaptureView, load_capture, mirror_uvd
 from training.config import TrainConfig
 from training.crop import (Augmentation, AugmentParams, CropConfig, CropGeometry, crop_geometry, crop_hand,
                            crop_shard_sample)
@@ -170,6 +173,7 @@ class Sources:
     unlabeled: tuple[tuple[Capture, int], ...]   # (capture, frame) for every real frame
     labeled: LabeledFrames | None
     pairs: Pairs | None
+    real_view: str | None = None   # the rig view unlabeled frames are paired with, where any capture has it
 
 
 def open_sources(config: TrainConfig, parts: "Parts") -> Sources:
@@ -190,7 +194,9 @@ def open_sources(config: TrainConfig, parts: "Parts") -> Sources:
     if config.pairs and labeled is not None and parts.pairs:
         pairs = open_pairs(config.pairs, config.n_labeled)
     unlabeled = tuple((c, i) for c in captures for i in range(len(c))) if parts.unlabeled else ()
-    return Sources(synthetic, tuple(captures), unlabeled, labeled, pairs)
+    name = VIEWS[config.view_target][0]
+    real_view = name if parts.views and parts.unlabeled and any(c.view(name) for c in captures) else None
+    return Sources(synthetic, tuple(captures), unlabeled, labeled, pairs, real_view)
 
 
 @dataclass(frozen=True)
@@ -242,17 +248,31 @@ def real_crop(capture: Capture, index: int, config: TrainConfig, augment: Augmen
 
 class RealFrameCache:
     """Decoded real frames of one loader worker, kept as the window around the hand that
-    augmented crops reach (a full 640x480 PNG decode costs more than the crop itself).
+    augmented crops reach (a full 640x480 PNG decode costs more than the crop itself), and the
+    view-prediction targets of frames that have another view (unaugmented, so kept whole).
 
     A crop whose pixels fall outside the kept window (an extreme jitter draw) decodes the frame
-    again, so cached and uncached crops are identical. Least recently used windows are dropped
+    again, so cached and uncached crops are identical. Least recently used entries are dropped
     beyond `budget_mb`.
     """
 
     def __init__(self, config: TrainConfig, budget_mb: float) -> None:
         self.config, self.budget = config, budget_mb * 2**20
-        self.entries: OrderedDict[tuple[Path, int], tuple[np.ndarray, tuple[int, int], np.ndarray]] = OrderedDict()
+        self.entries: OrderedDict[tuple, tuple[tuple, int]] = OrderedDict()   # key -> (value, bytes)
         self.used = 0
+
+    def _get(self, key: tuple) -> tuple | None:
+        hit = self.entries.get(key)
+        if hit is None:
+            return None
+        self.entries.move_to_end(key)
+        return hit[0]
+
+    def _put(self, key: tuple, value: tuple, nbytes: int) -> None:
+        self.entries[key] = (value, nbytes)
+        self.used += nbytes
+        while self.used > self.budget and len(self.entries) > 1:
+            self.used -= self.entries.popitem(last=False)[1][1]
 
     def _reach_px(self, capture: Capture, centre_uvd: np.ndarray) -> float:
         """Half-width (pixels) of what a crop with rotation, scale and 5-sigma jitter can sample."""
@@ -262,25 +282,25 @@ class RealFrameCache:
         cam = capture.intrinsics
         return (half + sigma) * np.sqrt(2) * max(cam.fx, cam.fy) / max(centre_uvd[2] - sigma, 1.0) + 2
 
-    def crop(self, capture: Capture, index: int, augment: AugmentParams, centre_uvd: np.ndarray | None,
-             labels_uvd: np.ndarray | None = None):
-        """Crop of frame `index` around `centre_uvd` (None: the detected hand, located once)."""
-        key = (capture.root, index)
-        entry = self.entries.get(key)
+    def _window(self, capture: Capture, index: int, centre_uvd: np.ndarray | None) -> tuple:
+        """(window, origin, located centre) of frame `index`; located: `centre_uvd` or the detected hand."""
+        key = ("frame", capture.root, index)
+        entry = self._get(key)
         if entry is None:
             depth = capture.depth_mm(index)
             located = capture.locate(index).centre_uvd if centre_uvd is None else np.asarray(centre_uvd, float)
             r = self._reach_px(capture, located)
             u0, v0 = (max(int(located[k] - r), 0) for k in (0, 1))
             u1, v1 = min(int(located[0] + r) + 1, depth.shape[1]), min(int(located[1] + r) + 1, depth.shape[0])
-            entry = (np.ascontiguousarray(depth[v0:v1, u0:u1]), (u0, v0), located)
-            self.entries[key] = entry
-            self.used += entry[0].nbytes
-            while self.used > self.budget and len(self.entries) > 1:
-                self.used -= self.entries.popitem(last=False)[1][0].nbytes
-        else:
-            self.entries.move_to_end(key)
-        window, origin, located = entry
+            window = np.ascontiguousarray(depth[v0:v1, u0:u1])
+            entry = (window, (u0, v0), located)
+            self._put(key, entry, window.nbytes)
+        return entry
+
+    def crop(self, capture: Capture, index: int, augment: AugmentParams, centre_uvd: np.ndarray | None,
+             labels_uvd: np.ndarray | None = None):
+        """Crop of frame `index` around `centre_uvd` (None: the detected hand, located once)."""
+        window, origin, located = self._window(capture, index, centre_uvd)
         centre = located if centre_uvd is None else centre_uvd
         geo = crop_geometry(capture.intrinsics, centre, _crop_config(self.config), augment)
         k = (geo.size - 1) / 2.0 + 1
@@ -292,18 +312,43 @@ class RealFrameCache:
             return real_crop(capture, index, self.config, augment, centre, labels_uvd)
         return crop_hand(window, capture.intrinsics, centre, labels_uvd, _crop_config(self.config), augment, origin)
 
+    def view_crop(self, capture: Capture, index: int, view: CaptureView) -> np.ndarray:
+        """The (S, S) crop of `view`'s frame around the detected hand centre carried into that
+        camera by the rig's extrinsics: what view prediction should produce for this frame."""
+        key = ("view", capture.root, index, view.name)
+        hit = self._get(key)
+        if hit is None:
+            centre_xyz = view.to_view(uvd_to_xyz(self._window(capture, index, None)[2], capture.intrinsics))
+            if centre_xyz[2] <= 0:
+                raise DataError(f"{view.frames[index]}: the hand lies behind the {view.name} camera; "
+                                f"check its extrinsics_mm in {capture.root / 'capture.json'}")
+            image = crop_hand(capture.depth_mm(index, view), view.intrinsics, xyz_to_uvd(centre_xyz, view.intrinsics),
+                              None, _crop_config(self.config)).image
+            hit = (image,)
+            self._put(key, hit, image.nbytes)
+        return hit[0]
 
-def unlabeled_crop(frames: tuple[tuple[Capture, int], ...], item: int, cache: RealFrameCache,
-                   augment: AugmentParams) -> np.ndarray:
+
+def unlabeled_item(frames: tuple[tuple[Capture, int], ...], item: int, cache: RealFrameCache,
+                   augment: AugmentParams, view_name: str | None) -> dict[str, np.ndarray]:
     """The crop of unlabeled frame `item`, or where no hand can be found in it (real captures
     have such frames) of the next frame that has one: the batch stays a function of the step,
-    so runs stay reproducible and resumable."""
+    so runs stay reproducible and resumable. With `view_name` also the view-prediction target
+    ("view", zeros and "has_view" 0 where the frame's capture lacks that view) and the crop
+    centre the decoder is told ("centre_m")."""
     for j in range(len(frames)):
         capture, i = frames[(item + j) % len(frames)]
         try:
-            return cache.crop(capture, i, augment, None).image[None]
+            crop = cache.crop(capture, i, augment, None)
         except CaptureError:
             continue
+        out = {"image": crop.image[None]}
+        if view_name is not None:
+            view = capture.view(view_name)
+            out["view"] = cache.view_crop(capture, i, view)[None] if view else np.zeros_like(out["image"])
+            out["has_view"] = np.array(view is not None, dtype=np.float32)
+            out["centre_m"] = (crop.geometry.centre_xyz / 1000.0).astype(np.float32)
+        return out
     raise DataError(f"{frames[0][0].root}: no unlabeled frame shows a detectable hand")
 
 
@@ -424,7 +469,9 @@ class TrainStream(IterableDataset):
                     add("pair_pose", twin["pose"])
             for _ in range(comp["unlabeled"]):
                 r = rng(UNLABELED, "unlabeled")
-                add("unl_image", unlabeled_crop(src.unlabeled, next(unl), frames_cache, aug.sample(r)))
+                item = unlabeled_item(src.unlabeled, next(unl), frames_cache, aug.sample(r), src.real_view)
+                for k, v in item.items():
+                    add(f"unl_{k}", v)
             yield {k: torch.from_numpy(np.stack(v)) for k, v in parts.items()}
             step += workers
 

@@ -64,7 +64,8 @@ class Method(nn.Module):
     uses_labeled = False        # labelled real frames ("lab_image", "lab_pose")
     uses_unlabeled = False      # unlabeled real frames ("unl_image")
     uses_pairs = False          # synthetic twins of the labelled frames ("pair_image", "pair_pose")
-    uses_views = False          # the crop of another synthetic view ("syn_view", "syn_centre_m")
+    uses_views = False          # the crop of another view: synthetic ("syn_view", "syn_centre_m") and,
+                                # where captures have that view, unlabeled real ("unl_view", "unl_has_view")
     needs_labeled = False       # refuse to run without labelled real frames
     needs_pairs = False         # refuse to run without pairs
     has_discriminator = False   # training.train then trains `make_discriminator()` alongside
@@ -159,8 +160,9 @@ class Supervised(Method):
 @register("murauer")
 class Murauer(Method):
     """Shared encoder, residual mapping of real features into the synthetic feature space, pose
-    head, view prediction from synthetic multi-view frames, least-squares GAN on features, and
-    the embedding loss on real/synthetic pairs when they exist (Poier et al. 2019)."""
+    head, view prediction (from synthetic features, and from mapped real features of unlabeled
+    frames whose capture has the view), least-squares GAN on features, and the embedding loss on
+    real/synthetic pairs when they exist (Poier et al. 2019)."""
 
     uses_labeled = uses_unlabeled = uses_pairs = uses_views = True
     has_discriminator = True
@@ -189,6 +191,12 @@ class Murauer(Method):
                 # enter detached, the synthetic target is detached.
                 terms["embedding"] = c.w_embedding * sq_sum(self.mapping(f["lab_image"].detach()),
                                                             f["pair_image"].detach())
+        if "unl_view" in batch and "unl_image" in mapped:
+            # One shared decoder: real features must be mapped to where it reads synthetic ones.
+            view = self.decoder(mapped["unl_image"], batch["unl_centre_m"])
+            per_frame = (view.float() - batch["unl_view"].float()).abs().flatten(1).sum(1)
+            has = batch["unl_has_view"].float()
+            terms["view_real"] = c.w_view * (per_frame * has).sum() / has.sum().clamp(min=1.0)
         if mapped and critic is not None:
             real = torch.cat(list(mapped.values()))
             # The mapping wants real features scored as synthetic (target 0).

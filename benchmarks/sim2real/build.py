@@ -12,7 +12,7 @@ forearm / body / table / wall surfaces, as full 640x480 frames. Layout of DIR:
     pairs/                     render-hands --poses target_train_poses.npz --views 1 --sensor clean
     target_test/               capture folder, labelled (labels_uvd.txt, nyu14)
     target_train/              capture folder, labelled: the pool the runner takes its first n from
-    target_unlabeled/          capture folder without labels
+    target_unlabeled/          capture folder without labels, with a second camera of the rig (side/)
 
 Same preset and seed give identical files (build.json's checksums; timings excepted). Re-running
 into the same DIR resumes render-hands and rewrites the target folders.
@@ -153,15 +153,19 @@ def _fit_chunk(frames: np.ndarray, steps: int) -> tgt.FittedPoses:
     return tgt.fit_nyu(synth.model, synth.prior, _worker["labels"], frames, steps)
 
 
-def _render_chunk(split: str, start: int, stop: int, n: int, folder: str, fitted: tgt.FittedPoses) -> list[dict]:
-    """Write frames start..stop-1 of a split of n as PNGs into `folder`; return their labels and poses."""
+def _render_chunk(split: str, start: int, stop: int, n: int, folder: str, fitted: tgt.FittedPoses,
+                  rig: tuple[np.ndarray, ...]) -> list[dict]:
+    """Write frames start..stop-1 of a split of n as PNGs into `folder` (rig views into its
+    subfolder tgt.RIG_VIEW); return their labels and poses."""
     from render.shards import encode_depth_png
 
     checked = frozenset({0, n // 2, n - 1})  # the frames load_capture's unit check looks at
-    frames = _worker["synth"].frames(split, start, stop, fitted, checked)
+    frames = _worker["synth"].frames(split, start, stop, fitted, checked, rig)
     out = []
     for i, f in zip(range(start, stop), frames):
         (Path(folder) / f"{i:06d}.png").write_bytes(encode_depth_png(f.depth_mm))
+        for view in f.views:
+            (Path(folder) / tgt.RIG_VIEW / f"{i:06d}.png").write_bytes(encode_depth_png(view))
         located = None
         if split == "test" or i % LOCATE_EVERY == 0:
             located = tgt.locate_error_mm(f.depth_mm, f.nyu14_uvd)
@@ -177,7 +181,13 @@ def build_split(split: str, n: int, out: Path, pool: futures.Executor, fitted: t
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    jobs = [pool.submit(_render_chunk, split, s, min(s + CHUNK, n), n, str(tmp), fitted) for s in range(0, n, CHUNK)]
+    # The unlabeled frames are filmed by a rig of two cameras, for view prediction.
+    rig = (tgt.rig_extrinsics(fitted),) if split == "unlabeled" else ()
+    if rig:
+        (tmp / tgt.RIG_VIEW).mkdir()
+        meta = {**meta, "views": tgt.rig_views(rig)}
+    jobs = [pool.submit(_render_chunk, split, s, min(s + CHUNK, n), n, str(tmp), fitted, rig)
+            for s in range(0, n, CHUNK)]
     rows: list[dict] = []
     with tqdm(total=n, desc=f"target {split}", unit="frame") as bar:
         for job in futures.as_completed(jobs):
@@ -284,7 +294,7 @@ def build(args: argparse.Namespace) -> dict:
     checksums = {"source": folder_checksum(out / "source", "shard-*.tar"),
                  "pairs": folder_checksum(out / "pairs", "shard-*.tar"),
                  "target_train_poses.npz": hashlib.sha256((out / "target_train_poses.npz").read_bytes()).hexdigest()}
-    checksums.update({SPLIT_FOLDERS[s]: folder_checksum(out / SPLIT_FOLDERS[s]) for s in tgt.SPLITS})
+    checksums.update({SPLIT_FOLDERS[s]: folder_checksum(out / SPLIT_FOLDERS[s], "**/*") for s in tgt.SPLITS})
     record = {
         "format": "sim2real-build", "version": 1, "preset": args.preset, "seed": args.seed,
         "counts": {k: v for k, v in asdict(preset).items() if k in ("source", "test", "train", "unlabeled")},

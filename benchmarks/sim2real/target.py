@@ -12,10 +12,13 @@ each way docs/sim2real.md lists:
 * sensor: the Kinect v1 model with its parameters drawn per frame around the NYU calibration, plus
   holes stamped into the hand with the shapes and rates measured on the real captures;
 * scene: a long forearm, a torso 10 to 40 cm behind the hand, sometimes a table and a wall
-  (render.scene), rendered as full 640x480 frames so that localisation and cropping are exercised.
+  (render.scene), rendered as full 640x480 frames so that localisation and cropping are exercised;
+* a rig: the unlabeled frames are also filmed by a second Kinect at the side (NYU's camera 3), fixed
+  for the whole split as a real rig is, so that view prediction can learn from unlabeled frames.
 
 Frame i of a split depends only on (seed, split, i) and the fitted poses: per-frame generators
-`np.random.default_rng([seed, SPLIT_CODES[split], i])`.
+`np.random.default_rng([seed, SPLIT_CODES[split], i])` for the frame and `[seed, code, i, 1]` for
+its rig views (so adding a view leaves the frame itself unchanged).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from render import scene as scene_mod
 from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.renderer import DepthRenderer, Window
 from render.sensor import KINECT_V1, KinectV1, kinect_v1
+from render.views import VIEWS, transform, view_extrinsics
 from training.captures import (PLAUSIBLE_HAND_AREA_MM2, PLAUSIBLE_NEAR_MM, PLAUSIBLE_PALM_WIDTH_MM,
                                load_capture)
 from training.evaluate import load_uvd
@@ -201,6 +205,17 @@ def sensor_units(seed: int) -> list[KinectV1]:
         shadow_fill_px=float(rng.uniform(1.0, 2.0))) for _ in range(SENSOR_UNITS)]
 
 
+RIG_VIEW = "side"   # the second camera of the unlabeled split's rig
+
+
+def rig_extrinsics(fitted: FittedPoses) -> np.ndarray:
+    """4x4 (metres) from the front camera to the rig's side camera: render.views' side orbit about
+    the split's median palm position, one fixed pose for every frame as a real rig has (the
+    synthetic source orbits each sample's own palm instead)."""
+    names = [name for name, _, _ in VIEWS]
+    return view_extrinsics(np.median(fitted.palm_m, axis=0), len(VIEWS))[names.index(RIG_VIEW)]
+
+
 @dataclass
 class TargetFrame:
     depth_mm: np.ndarray     # (H, W) uint16
@@ -208,6 +223,7 @@ class TargetFrame:
     pose: PoseBatch          # one pose, the target's shape
     transl_m: np.ndarray     # (3,) model translation that places the hand (camera metres)
     scene: dict
+    views: list[np.ndarray] = dataclasses.field(default_factory=list)   # (H, W) uint16 per rig view
 
 
 CHECK_TRIES = 20
@@ -224,11 +240,22 @@ def plausible(depth_mm: np.ndarray, cam: Intrinsics) -> bool:
         (loc.hand_area_mm2, PLAUSIBLE_HAND_AREA_MM2)))
 
 
+def in_front(verts: np.ndarray, faces: np.ndarray, near: float, far: float) -> tuple[np.ndarray, np.ndarray]:
+    """The faces lying wholly between `near` and `far` metres, and their vertices. The scene is
+    built for the front camera; a rig camera at the side can have a wall or table reach past it,
+    closer than any depth sensor measures."""
+    z = verts[:, 2]
+    kept = faces[((z > near) & (z < far))[faces].all(1)]
+    used, inverse = np.unique(kept, return_inverse=True)
+    return verts[used], inverse.reshape(kept.shape)
+
+
 class TargetSynthesizer:
     """Renders target frames (full frames, one GL context per instance, so one per process).
 
-    Frame i of a split draws everything from `np.random.default_rng([seed, SPLIT_CODES[split], i])`,
-    so it does not depend on which chunk or process renders it."""
+    Frame i of a split draws everything from `np.random.default_rng([seed, SPLIT_CODES[split], i])`
+    (its rig views from `[seed, SPLIT_CODES[split], i, 1]`), so it does not depend on which chunk or
+    process renders it."""
 
     def __init__(self, model: HandModel, holes: HolePatterns, seed: int, cam: Intrinsics = NYU_KINECT) -> None:
         self.model, self.holes, self.seed, self.cam = model, holes, seed, cam
@@ -241,10 +268,11 @@ class TargetSynthesizer:
         self.renderer.close()
 
     def frames(self, split: str, start: int, stop: int, fitted: FittedPoses,
-               checked: frozenset[int] = frozenset()) -> list[TargetFrame]:
-        """Frames start..stop-1; those in `checked` are redrawn (same generator, next draws) until the
-        hand that training.localize finds passes training.captures' unit check, which load_capture
-        applies to a capture's first, middle and last frame."""
+               checked: frozenset[int] = frozenset(), rig: tuple[np.ndarray, ...] = ()) -> list[TargetFrame]:
+        """Frames start..stop-1, each also seen by the cameras whose extrinsics (metres) `rig`
+        gives; those in `checked` are redrawn (same generator, next draws) until the hand that
+        training.localize finds passes training.captures' unit check, which load_capture applies
+        to a capture's first, middle and last frame."""
         rngs = [np.random.default_rng([self.seed, SPLIT_CODES[split], i]) for i in range(start, stop)]
         poses, palms = [], []
         for i, rng in zip(range(start, stop), rngs):
@@ -268,27 +296,38 @@ class TargetSynthesizer:
         verts, joints, nyu14 = (t.double().numpy() for t in (out.vertices, out.joints, out.nyu14))
         frames = []
         for j, rng in enumerate(rngs):
-            frame = self._frame(rng, batch[j:j + 1], palms[j], verts[j], joints[j], nyu14[j])
+            view_rng = np.random.default_rng([self.seed, SPLIT_CODES[split], start + j, 1])
+            args = (batch[j:j + 1], palms[j], verts[j], joints[j], nyu14[j], rig)
+            frame = self._frame(rng, view_rng, *args)
             for _ in range(CHECK_TRIES if start + j in checked else 0):
                 if plausible(frame.depth_mm, self.cam):
                     break
-                frame = self._frame(rng, batch[j:j + 1], palms[j], verts[j], joints[j], nyu14[j])
+                frame = self._frame(rng, view_rng, *args)
             frames.append(frame)
         return frames
 
-    def _frame(self, rng: np.random.Generator, pose: PoseBatch, palm: np.ndarray, verts: np.ndarray,
-               joints: np.ndarray, nyu14: np.ndarray) -> TargetFrame:
+    def _frame(self, rng: np.random.Generator, view_rng: np.random.Generator, pose: PoseBatch, palm: np.ndarray,
+               verts: np.ndarray, joints: np.ndarray, nyu14: np.ndarray, rig: tuple[np.ndarray, ...]) -> TargetFrame:
         # The fit placed the mean-shape hand; the target hand keeps its palm centre there.
         shift = palm - nyu14[PALM]
         verts, joints, nyu14 = verts + shift, joints + shift, nyu14 + shift
         params = scene_mod.SceneParams.sample(rng)
-        mesh = scene_mod.merge([(verts, self.faces)] + scene_mod.scene_meshes(joints, palm, params))
+        depth, uvd, unit = self._shoot(rng, verts, joints, nyu14, palm, params, np.eye(4))
+        # Each rig camera is its own Kinect unit with its own noise and holes.
+        views = [self._shoot(view_rng, verts, joints, nyu14, palm, params, ext)[0] for ext in rig]
+        return TargetFrame(depth, uvd, pose, shift, {**params.to_dict(), "sensor_unit": unit}, views)
+
+    def _shoot(self, rng: np.random.Generator, verts: np.ndarray, joints: np.ndarray, nyu14: np.ndarray,
+               palm: np.ndarray, params: "scene_mod.SceneParams", extrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Depth (sensor model and real-capture holes) and NYU-14 uvd of the hand and its scene
+        (front-camera metres) seen by the camera `extrinsics` leads to."""
+        verts_s, faces = scene_mod.merge([(verts, self.faces)] + scene_mod.scene_meshes(joints, palm, params))
+        mesh = in_front(transform(verts_s, extrinsics), faces, scene_mod.MIN_DEPTH_M, self.renderer.zfar - 0.1)
         exact = self.renderer.render([mesh], [Window.full(self.cam)], self.cam)[0]
         unit = int(rng.integers(len(self.units)))
         depth = kinect_v1(exact, self.cam, (0, 0), rng, self.units[unit])
-        uvd = xyz_to_uvd(nyu14 * 1000.0, self.cam)
-        depth = self.holes.stamp(depth, self._hand_region(depth, uvd), rng)
-        return TargetFrame(depth, uvd, pose, shift, {**params.to_dict(), "sensor_unit": unit})
+        uvd = xyz_to_uvd(transform(nyu14, extrinsics) * 1000.0, self.cam)
+        return self.holes.stamp(depth, self._hand_region(depth, uvd), rng), uvd, unit
 
     def _hand_region(self, depth: np.ndarray, uvd: np.ndarray) -> np.ndarray:
         """Measured pixels near the labelled hand: inside the joints' box (+12 px), within 80 mm of the palm."""
@@ -299,6 +338,17 @@ class TargetSynthesizer:
         box = depth[v0:v1, u0:u1].astype(np.float32)
         region[v0:v1, u0:u1] = (box > 0) & (np.abs(box - uvd[PALM, 2]) < 80.0)
         return region
+
+
+def rig_views(rig: tuple[np.ndarray, ...]) -> list[dict]:
+    """capture.json "views" of the rig cameras (their frames in a subfolder named like the view)."""
+    out = []
+    for ext in rig:
+        t = np.array(ext, dtype=np.float64)
+        t[:3, 3] *= 1000.0
+        out.append({"name": RIG_VIEW, "folder": RIG_VIEW, "intrinsics": NYU_KINECT.to_dict(),
+                    "extrinsics_mm": [[round(float(x), 9) for x in row] for row in t]})
+    return out
 
 
 def finish_capture(tmp: Path, out: Path, labels_uvd: list[np.ndarray] | None, meta: dict) -> None:
