@@ -315,6 +315,24 @@ def test_real_frame_cache_gives_the_crops_of_full_frames(shared):
     assert cache.used <= 1.0 * 2**20 or len(cache.entries) == 1
 
 
+def test_a_labelled_frame_cropped_as_unlabeled_is_centred_on_the_detected_hand(shared):
+    """MURAUER reads the labelled frames again as unlabeled ones: that crop must not be centred
+    on the labels the cache saw first."""
+    from training.captures import load_capture
+    from training.crop import AugmentParams
+    from training.data import RealFrameCache, real_crop
+    from training.localize import centre_from_labels
+
+    config = preset("cpu-small")
+    cap = load_capture(shared / "real_samples/nyu")
+    cache = RealFrameCache(config, budget_mb=64)
+    at_labels = centre_from_labels(cap.labels_uvd[0], "nyu14", cap.intrinsics)
+    labelled = cache.crop(cap, 0, AugmentParams(), at_labels, cap.labels_uvd[0]).image
+    unlabeled = cache.crop(cap, 0, AugmentParams(), None).image
+    assert np.array_equal(unlabeled, real_crop(cap, 0, config, AugmentParams(), cap.locate(0).centre_uvd).image)
+    assert not np.array_equal(unlabeled, labelled)
+
+
 def test_ranks_read_disjoint_shards(data):
     # Without augmentation a frame's targets identify it (its pose relative to its palm centre).
     config = TrainConfig.from_dict({**TINY, "synthetic": str(data["synthetic"]), "method": "synthetic-only",

@@ -283,8 +283,10 @@ class RealFrameCache:
         return (half + sigma) * np.sqrt(2) * max(cam.fx, cam.fy) / max(centre_uvd[2] - sigma, 1.0) + 2
 
     def _window(self, capture: Capture, index: int, centre_uvd: np.ndarray | None) -> tuple:
-        """(window, origin, located centre) of frame `index`; located: `centre_uvd` or the detected hand."""
-        key = ("frame", capture.root, index)
+        """(window, origin, located centre) of frame `index`; located: `centre_uvd` or the detected hand.
+        A frame can be both labelled (cropped at its labels) and unlabeled (at the detected hand):
+        the two are kept apart, so that no label reaches an unlabeled crop."""
+        key = ("frame", capture.root, index, centre_uvd is None)
         entry = self._get(key)
         if entry is None:
             depth = capture.depth_mm(index)
