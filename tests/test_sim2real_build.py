@@ -53,6 +53,20 @@ def test_same_seed_gives_identical_files(two_builds):
 
 
 @needs_shared
+def test_figure_shows_source_target_and_the_rig_view(two_builds, tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("sim2real_build_figure", BUILD)
+    build = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look themselves up
+    spec.loader.exec_module(build)
+    png = tmp_path / "target.png"
+    build.figure(two_builds[0], png)
+    width, height = Image.open(png).size
+    assert height > width  # six rows of at most three columns (the tiny build has three test frames)
+
+@needs_shared
 def test_layout_and_labels_agree_with_pixels(two_builds):
     from hand_models.model import HandModel
     from hand_models.poses import load_pose_file

@@ -320,11 +320,13 @@ def build(args: argparse.Namespace) -> dict:
 
 
 def figure(out: Path, png: Path, n: int = 4) -> None:
-    """Source frames (clean, prior poses) beside target frames, whole and zoomed on the hand."""
+    """Source frames (clean, prior poses) beside target frames, whole and zoomed on the hand, and
+    unlabeled target frames with the same instant seen by the rig's side camera."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from render.camera import uvd_to_xyz, xyz_to_uvd
     from render.shards import iter_samples
     from training.captures import load_capture
     from training.figures import save_figure
@@ -351,8 +353,10 @@ def figure(out: Path, png: Path, n: int = 4) -> None:
         source.append((full, np.asarray(sample["nyu14_uvd"])))
         if len(source) == n:
             break
-    test = load_capture(out / "target_test")
-    fig, axes = plt.subplots(4, n, figsize=(3.2 * n, 10.4))
+    test, unlabeled = load_capture(out / "target_test"), load_capture(out / "target_unlabeled")
+    side = unlabeled.view(tgt.RIG_VIEW)
+    n = min(n, len(source), len(test), len(unlabeled))
+    fig, axes = plt.subplots(6, n, figsize=(3.2 * n, 15.6))
     for k in range(n):
         depth, uvd = source[k]
         show(axes[0, k], depth, f"source {k} (clean, prior pose)")
@@ -360,9 +364,16 @@ def figure(out: Path, png: Path, n: int = 4) -> None:
         depth, uvd = test.depth_mm(k), test.labels_uvd[k]
         show(axes[2, k], depth, f"target_test {k} (full frame)")
         show(axes[3, k], depth, "target, hand (labels red)", uvd, uvd[tgt.PALM], zoom=110)
+        # No labels here: centred on the detected hand, carried into the side camera as training does.
+        centre = unlabeled.locate(k).centre_uvd
+        show(axes[4, k], unlabeled.depth_mm(k), f"target_unlabeled {k}, front camera", centre=centre, zoom=110)
+        side_centre = xyz_to_uvd(side.to_view(uvd_to_xyz(centre, unlabeled.intrinsics)), side.intrinsics)
+        show(axes[5, k], unlabeled.depth_mm(k, side), f"same instant, {tgt.RIG_VIEW} camera", centre=side_centre,
+             zoom=110)
     fig.suptitle("sim2real: source (render-hands, clean) vs STAND-IN target (NYU poses, other shapes, "
-                 "Kinect + real-capture holes, arm / body / table / wall); depth mm", fontsize=10)
-    fig.tight_layout()
+                 "Kinect + real-capture holes, arm / body / table / wall);\n"
+                 "rows 5-6: an unlabeled frame and the same instant from the rig's side camera; depth mm", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.975))
     save_figure(fig, png, dpi=80)
 
 
