@@ -66,6 +66,7 @@ def test_figure_shows_source_target_and_the_rig_view(two_builds, tmp_path):
     width, height = Image.open(png).size
     assert height > width  # six rows of at most three columns (the tiny build has three test frames)
 
+
 @needs_shared
 def test_layout_and_labels_agree_with_pixels(two_builds):
     from hand_models.model import HandModel
