@@ -123,6 +123,22 @@ def check_inputs(args: argparse.Namespace) -> None:
             raise BuildError(f"{args.shared / rel}: missing from the shared data folder")
 
 
+def same_code_or_fresh(folder: Path, version: dict) -> None:
+    """render-hands resumes a folder whose settings match but cannot see that the code changed, and
+    shards rendered by two versions would pass as one dataset: a folder last rendered by another
+    commit, or by a modified working tree, is removed so that it is rendered again."""
+    stamp = folder.with_name(f".{folder.name}.repository.json")
+    try:
+        previous = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        previous = None
+    if folder.exists() and (previous != version or version["modified"] is not False or not version["commit"]):
+        shutil.rmtree(folder)
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    tmp.write_text(json.dumps(version) + "\n")
+    tmp.replace(stamp)
+
+
 def render_hands(args_list: list[str], cwd: Path, log: Path) -> tuple[list[str], subprocess.Popen]:
     """Start render-hands in `cwd`, its output going to `log`."""
     cmd = [sys.executable, "-m", "render.cli", *args_list, "--quiet"]
@@ -217,9 +233,11 @@ def build(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     commands: dict = {"build": ["python", "benchmarks/sim2real/build.py", *args.argv]}
     # DIR/source and DIR/pairs belong to this build: render-hands resumes them when nothing changed
-    # and replaces them when a setting (or the pose file) did.
+    # and replaces them when a setting (or the pose file) did; same_code_or_fresh when the code did.
     # render-hands gets half the cores: it runs beside the target's workers.
     extra = ["--overwrite", "--workers", str(max(1, args.workers // 2))]
+    version = repository_version()
+    same_code_or_fresh(out / "source", version)
 
     # The source renders in the background while the target is built (render-hands resumes).
     source_cmd, source_proc = render_hands(
@@ -271,6 +289,7 @@ def build(args: argparse.Namespace) -> dict:
                                    transl=np.stack([x["transl"] for x in r]).astype(np.float64),
                                    residual_mm=fitted["train"].residual_mm[k].astype(np.float32),
                                    nyu_index=fitted["train"].nyu_index[k].astype(np.int64))
+                    same_code_or_fresh(out / "pairs", version)
                     (out / "pairs").mkdir(exist_ok=True)
                     pairs_cmd, pairs_proc = render_hands(
                         ["--poses", "../target_train_poses.npz", "--n", str(preset.train), "--out", ".",
@@ -303,7 +322,7 @@ def build(args: argparse.Namespace) -> dict:
         "commands": commands,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "machine": {"cpus": os.cpu_count(), "workers": args.workers},
-        "repository": repository_version(),
+        "repository": version,
         "checksums": checksums,
         "nyu_split": {s: {"pool": int(len(splits[s])), "fitted": int(len(fitted[s].nyu_index)),
                           "fit_residual_mm_median": round(float(np.median(fitted[s].residual_mm)), 3)}
