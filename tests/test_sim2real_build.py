@@ -83,13 +83,14 @@ def test_render_folders_are_resumed_only_by_the_code_that_rendered_them(tmp_path
         (source / "shard-000000.tar").write_bytes(b"shard")
         return kept
 
-    clean = {"commit": "a" * 40, "modified": False}
-    assert not render(clean)                                      # first build
-    assert render(clean)                                          # same commit: resumed
-    assert not render({"commit": "b" * 40, "modified": False})    # another commit: rendered again
-    assert not render({"commit": "b" * 40, "modified": True})     # edited working tree: never resumed
-    assert not render({"commit": "b" * 40, "modified": True})
-    assert not render({"commit": None, "modified": None})         # no git: never resumed
+    clean = {"commit": "a" * 40, "code": "1" * 64, "modified": False}
+    assert not render(clean)                                        # first build
+    assert render(clean)                                            # same code: resumed
+    assert render({**clean, "commit": "b" * 40})                    # a commit of docs only: resumed
+    assert not render({**clean, "code": "2" * 64})                  # other code: rendered again
+    assert not render({**clean, "code": "2" * 64, "modified": True})  # edited working tree: never resumed
+    assert not render({**clean, "code": "2" * 64, "modified": True})
+    assert not render({"commit": None, "code": None, "modified": None})  # no git: never resumed
 
 
 @needs_shared

@@ -93,16 +93,23 @@ def folder_checksum(root: Path, pattern: str = "*") -> str:
     return h.hexdigest()
 
 
+CODE = ("render", "hand_models", "training", "benchmarks/sim2real/build.py", "benchmarks/sim2real/target.py")
+
+
 def repository_version() -> dict:
-    """The commit the data was built with: hand model, prior and renderer all shape the frames."""
+    """The commit the data was built with, and `code`: the git tree hashes of what shapes the frames
+    (hand model, prior, renderer, builder), which a commit touching only docs leaves alone."""
     root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "render", "hand_models", "training",
-                                "benchmarks/sim2real/build.py", "benchmarks/sim2real/target.py"], cwd=root, capture_output=True, text=True).stdout.strip()
+        commit, dirty, trees = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", *CODE), git("ls-tree", "HEAD", "--", *CODE)
     except OSError:
-        return {"commit": None, "modified": None}
-    return {"commit": commit or None, "modified": bool(dirty)}
+        return {"commit": None, "code": None, "modified": None}
+    code = hashlib.sha256(trees.encode()).hexdigest() if trees else None
+    return {"commit": commit or None, "code": code, "modified": bool(dirty)}
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -125,14 +132,14 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def same_code_or_fresh(folder: Path, version: dict) -> None:
     """render-hands resumes a folder whose settings match but cannot see that the code changed, and
-    shards rendered by two versions would pass as one dataset: a folder last rendered by another
-    commit, or by a modified working tree, is removed so that it is rendered again."""
+    shards rendered by two versions would pass as one dataset: a folder last rendered by other code
+    (`repository_version`'s `code`), or by a modified working tree, is removed to be rendered again."""
     stamp = folder.with_name(f".{folder.name}.repository.json")
     try:
-        previous = json.loads(stamp.read_text())
-    except (OSError, ValueError):
+        previous = json.loads(stamp.read_text()).get("code")
+    except (OSError, ValueError, AttributeError):
         previous = None
-    if folder.exists() and (previous != version or version["modified"] is not False or not version["commit"]):
+    if folder.exists() and (previous != version["code"] or version["modified"] is not False or not version["code"]):
         shutil.rmtree(folder)
     tmp = stamp.with_name(stamp.name + ".tmp")
     tmp.write_text(json.dumps(version) + "\n")
