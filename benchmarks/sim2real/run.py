@@ -6,9 +6,9 @@ DIR is what benchmarks/sim2real/build.py writes: source/ (clean synthetic 3-view
 pairs/ (synthetic twins of target_train), target_train/ (labelled pool; the first n frames are
 the n-labelled subset), target_unlabeled/, target_test/ (capture folders). Each row is one
 `train-mapping` command per seed, in RUNS/seed{s}/ROW (run in this process through
-training.cli.main, so the command written beside the row is exactly what ran), then `predict` on target_test around the detected hand and
-training.evaluate's metrics: mean 3D error over the NYU-14 joints and the fraction of frames
-whose worst joint lies within a threshold. Gap closed = (synthetic-only - method) /
+training.cli.main, so the command written beside the row is exactly what ran), then `predict` on
+target_test around the detected hand and training.evaluate's metrics: mean 3D error over the
+NYU-14 joints and the fraction of frames whose worst joint lies within a threshold. Gap closed = (synthetic-only - method) /
 (synthetic-only - upper bound), where the upper bound is `supervised` with every target_train
 label (the same run as the `supervised` n = all row, not trained twice). With several seeds a
 row reports the mean and standard deviation over them, and the gap closed of the means.
