@@ -17,6 +17,7 @@ every view.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,11 +38,22 @@ from render.views import VIEWS, transform, view_extrinsics
 
 GENERATOR = "render-hands"
 GENERATOR_VERSION = "1.0"
+CODE_PACKAGES = ("render", "hand_models")  # their source decides every sample
 POSE_BLOCK = 256
 CHUNK = 64                # samples posed and rendered together (divides POSE_BLOCK)
 WINDOW_MARGIN_PX = 3     # background pixels around the hand in each window (sensor edges need 2)
 PLACEMENT_TRIES = 200
 SENSORS = tuple(SENSOR_MODELS)  # the sensor names render.sensor implements
+
+
+def code_checksum() -> str:
+    """sha256 over the source files of CODE_PACKAGES. A resumed run compares it, so that one dataset
+    never mixes shards of two versions of the code (the version string is not bumped for every edit)."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(p for pkg in CODE_PACKAGES for p in (root / pkg).rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,7 @@ class RenderConfig:
         spec["hand_model_checksum"] = model_checksum
         spec["poses_checksum"] = poses_checksum
         spec["generator_version"] = GENERATOR_VERSION
+        spec["code_checksum"] = code_checksum()
         spec["pose_block"] = POSE_BLOCK
         return spec
 

@@ -116,7 +116,9 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
     if not overwrite and out.is_dir():
         if previous is not None and previous != identity:
             changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-            raise JobError(f"{out}: holds a different dataset (differs in {', '.join(changed)}); "
+            why = ", ".join("code_checksum (render/ or hand_models/ changed since)" if k == "code_checksum" else k
+                            for k in changed)
+            raise JobError(f"{out}: holds a different dataset (differs in {why}); "
                            "use --overwrite to replace it or choose another --out")
         if previous is None and _owned(out):
             raise JobError(f"{out}: holds shards of an unknown dataset; use --overwrite to replace them")
@@ -238,7 +240,7 @@ def manifest_for(job: Job, records: list[dict]) -> dict:
         "forearm": cfg.forearm,
         "distance_mm": list(cfg.distance_mm),
         "shard_size": cfg.shard_size,
-        "generator": {"name": GENERATOR, "version": GENERATOR_VERSION},
+        "generator": {"name": GENERATOR, "version": GENERATOR_VERSION, "code_sha256": job.identity["code_checksum"]},
         "command": job.command,
     }
 

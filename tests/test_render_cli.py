@@ -3,6 +3,7 @@ resume after a killed run, slices and merge, refusal of bad inputs."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -108,6 +109,24 @@ def test_different_dataset_refused_unless_overwrite(reference, tmp_path, capsys)
     assert _hashes(out) == _hashes(reference)  # nothing touched
     assert _run(out, "--sensor", "kinect", "--overwrite") == 0
     assert read_manifest(out)["sensor"] == "kinect"
+
+
+def test_folder_rendered_by_other_code_refused_unless_overwrite(reference, tmp_path, capsys):
+    """Same settings, other code: resuming would mix shards of two versions into one dataset."""
+    out = tmp_path / "older"
+    assert _run(out) == 0
+    record = out / ".render-hands" / "dataset.json"
+    identity = json.loads(record.read_text())
+    assert identity["code_checksum"] == read_manifest(out)["generator"]["code_sha256"]
+    record.write_text(json.dumps({**identity, "code_checksum": "0" * 64}))
+    (out / "shard-000001.tar").unlink()  # an interrupted run of the older code
+    capsys.readouterr()
+    assert _run(out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "code_checksum" in err[0] and "render/" in err[0]
+    assert not (out / "shard-000001.tar").exists()  # nothing rendered
+    assert _run(out, "--overwrite") == 0
+    assert _hashes(out) == _hashes(reference)
 
 
 def test_slices_merge_into_the_whole_dataset(reference, tmp_path):

@@ -67,32 +67,6 @@ def test_figure_shows_source_target_and_the_rig_view(two_builds, tmp_path):
     assert height > width  # six rows of at most three columns (the tiny build has three test frames)
 
 
-def test_render_folders_are_resumed_only_by_the_code_that_rendered_them(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sim2real_build_resume", BUILD)
-    build = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    source = tmp_path / "source"
-
-    def render(version: dict) -> bool:
-        """Whether a shard rendered earlier survives (render-hands would resume it)."""
-        build.same_code_or_fresh(source, version)
-        kept = (source / "shard-000000.tar").exists()
-        source.mkdir(exist_ok=True)
-        (source / "shard-000000.tar").write_bytes(b"shard")
-        return kept
-
-    clean = {"commit": "a" * 40, "code": "1" * 64, "modified": False}
-    assert not render(clean)                                        # first build
-    assert render(clean)                                            # same code: resumed
-    assert render({**clean, "commit": "b" * 40})                    # a commit of docs only: resumed
-    assert not render({**clean, "code": "2" * 64})                  # other code: rendered again
-    assert not render({**clean, "code": "2" * 64, "modified": True})  # edited working tree: never resumed
-    assert not render({**clean, "code": "2" * 64, "modified": True})
-    assert not render({"commit": None, "code": None, "modified": None})  # no git: never resumed
-
-
 @needs_shared
 def test_layout_and_labels_agree_with_pixels(two_builds):
     from hand_models.model import HandModel

@@ -93,23 +93,18 @@ def folder_checksum(root: Path, pattern: str = "*") -> str:
     return h.hexdigest()
 
 
-CODE = ("render", "hand_models", "training", "benchmarks/sim2real/build.py", "benchmarks/sim2real/target.py")
-
-
 def repository_version() -> dict:
-    """The commit the data was built with, and `code`: the git tree hashes of what shapes the frames
-    (hand model, prior, renderer, builder), which a commit touching only docs leaves alone."""
+    """The commit the data was built with, and whether the working tree had uncommitted changes."""
     root = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
 
     try:
-        commit, dirty, trees = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", *CODE), git("ls-tree", "HEAD", "--", *CODE)
+        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain")
     except OSError:
-        return {"commit": None, "code": None, "modified": None}
-    code = hashlib.sha256(trees.encode()).hexdigest() if trees else None
-    return {"commit": commit or None, "code": code, "modified": bool(dirty)}
+        return {"commit": None, "modified": None}
+    return {"commit": commit or None, "modified": bool(dirty)}
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -128,22 +123,6 @@ def check_inputs(args: argparse.Namespace) -> None:
     for rel in [NYU_LABELS] + REAL_CAPTURES:
         if not (args.shared / rel).exists():
             raise BuildError(f"{args.shared / rel}: missing from the shared data folder")
-
-
-def same_code_or_fresh(folder: Path, version: dict) -> None:
-    """render-hands resumes a folder whose settings match but cannot see that the code changed, and
-    shards rendered by two versions would pass as one dataset: a folder last rendered by other code
-    (`repository_version`'s `code`), or by a modified working tree, is removed to be rendered again."""
-    stamp = folder.with_name(f".{folder.name}.repository.json")
-    try:
-        previous = json.loads(stamp.read_text()).get("code")
-    except (OSError, ValueError, AttributeError):
-        previous = None
-    if folder.exists() and (previous != version["code"] or version["modified"] is not False or not version["code"]):
-        shutil.rmtree(folder)
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(json.dumps(version) + "\n")
-    tmp.replace(stamp)
 
 
 def render_hands(args_list: list[str], cwd: Path, log: Path) -> tuple[list[str], subprocess.Popen]:
@@ -240,11 +219,10 @@ def build(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     commands: dict = {"build": ["python", "benchmarks/sim2real/build.py", *args.argv]}
     # DIR/source and DIR/pairs belong to this build: render-hands resumes them when nothing changed
-    # and replaces them when a setting (or the pose file) did; same_code_or_fresh when the code did.
+    # and replaces them when a setting, the pose file or its code did.
     # render-hands gets half the cores: it runs beside the target's workers.
     extra = ["--overwrite", "--workers", str(max(1, args.workers // 2))]
     version = repository_version()
-    same_code_or_fresh(out / "source", version)
 
     # The source renders in the background while the target is built (render-hands resumes).
     source_cmd, source_proc = render_hands(
@@ -296,7 +274,6 @@ def build(args: argparse.Namespace) -> dict:
                                    transl=np.stack([x["transl"] for x in r]).astype(np.float64),
                                    residual_mm=fitted["train"].residual_mm[k].astype(np.float32),
                                    nyu_index=fitted["train"].nyu_index[k].astype(np.int64))
-                    same_code_or_fresh(out / "pairs", version)
                     (out / "pairs").mkdir(exist_ok=True)
                     pairs_cmd, pairs_proc = render_hands(
                         ["--poses", "../target_train_poses.npz", "--n", str(preset.train), "--out", ".",
