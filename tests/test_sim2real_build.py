@@ -184,13 +184,16 @@ def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, caps
     args = ["--data", str(two_builds[0]), "--out", str(tmp_path / "runs"), "--steps", "1", "2", "--seeds", "0", "1",
             "--no-report"]
     assert run.main(args) == 0
-    rows = ["synthetic-only", "supervisedn-all", "murauern-all", "feature-mappingn-all", "simgan", "aign"]
+    rows = ["synthetic-only", "supervisedn-all", "murauern-all", "feature-mappingn-all", "simgan", "aign",
+            "twins-onlyn-all"]
     for seed in (0, 1):
         assert sorted(p.name for p in (tmp_path / "runs" / f"seed{seed}").iterdir()) == sorted(rows)
     first = capsys.readouterr().out
     assert first.count(" steps, ") == 2 * len(rows)                    # each run's closing line
     table = first[first.index("| method |"):]
     assert len(table.strip().splitlines()) == 2 + len(rows) and table.count(" ± ") == len(rows)
+    twins = json.loads((tmp_path / "runs" / "seed0" / "twins-onlyn-all" / "config.json").read_text())
+    assert twins["synthetic"].endswith("pairs") and twins["method"] == "synthetic-only"
     assert run.main(args) == 0                                         # everything read back, nothing trained
     again = capsys.readouterr().out
     assert "steps," not in again and again[again.index("| method |"):] == table
