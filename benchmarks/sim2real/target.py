@@ -296,26 +296,28 @@ class TargetSynthesizer:
         verts, joints, nyu14 = (t.double().numpy() for t in (out.vertices, out.joints, out.nyu14))
         frames = []
         for j, rng in enumerate(rngs):
-            view_rng = np.random.default_rng([self.seed, SPLIT_CODES[split], start + j, 1])
-            args = (batch[j:j + 1], palms[j], verts[j], joints[j], nyu14[j], rig)
-            frame = self._frame(rng, view_rng, *args)
+            args = (batch[j:j + 1], palms[j], verts[j], joints[j], nyu14[j])
+            frame, scene = self._frame(rng, *args)
             for _ in range(CHECK_TRIES if start + j in checked else 0):
                 if plausible(frame.depth_mm, self.cam):
                     break
-                frame = self._frame(rng, view_rng, *args)
+                frame, scene = self._frame(rng, *args)
+            # The rig films the accepted frame; each camera is its own Kinect unit (noise, holes).
+            view_rng = np.random.default_rng([self.seed, SPLIT_CODES[split], start + j, 1])
+            frame.views = [self._shoot(view_rng, *scene, ext)[0] for ext in rig]
             frames.append(frame)
         return frames
 
-    def _frame(self, rng: np.random.Generator, view_rng: np.random.Generator, pose: PoseBatch, palm: np.ndarray,
-               verts: np.ndarray, joints: np.ndarray, nyu14: np.ndarray, rig: tuple[np.ndarray, ...]) -> TargetFrame:
+    def _frame(self, rng: np.random.Generator, pose: PoseBatch, palm: np.ndarray, verts: np.ndarray,
+               joints: np.ndarray, nyu14: np.ndarray) -> tuple[TargetFrame, tuple]:
+        """The front camera's frame, and the scene (the `_shoot` arguments) for the rig's cameras."""
         # The fit placed the mean-shape hand; the target hand keeps its palm centre there.
         shift = palm - nyu14[PALM]
         verts, joints, nyu14 = verts + shift, joints + shift, nyu14 + shift
         params = scene_mod.SceneParams.sample(rng)
         depth, uvd, unit = self._shoot(rng, verts, joints, nyu14, palm, params, np.eye(4))
-        # Each rig camera is its own Kinect unit with its own noise and holes.
-        views = [self._shoot(view_rng, verts, joints, nyu14, palm, params, ext)[0] for ext in rig]
-        return TargetFrame(depth, uvd, pose, shift, {**params.to_dict(), "sensor_unit": unit}, views)
+        frame = TargetFrame(depth, uvd, pose, shift, {**params.to_dict(), "sensor_unit": unit})
+        return frame, (verts, joints, nyu14, palm, params)
 
     def _shoot(self, rng: np.random.Generator, verts: np.ndarray, joints: np.ndarray, nyu14: np.ndarray,
                palm: np.ndarray, params: "scene_mod.SceneParams", extrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
