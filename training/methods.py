@@ -54,8 +54,14 @@ def sq_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).pow(2).flatten(1).sum(1).mean()
 
 
-def l1_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a.float() - b.float()).abs().flatten(1).sum(1).mean()
+def l1_sum(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Absolute error summed over all but the batch dimension, averaged over the batch (over the
+    frames where `mask` is 1, when given)."""
+    per_frame = (a.float() - b.float()).abs().flatten(1).sum(1)
+    if mask is None:
+        return per_frame.mean()
+    mask = mask.float()
+    return (per_frame * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 class Method(nn.Module):
@@ -194,9 +200,7 @@ class Murauer(Method):
         if "unl_view" in batch and "unl_image" in mapped:
             # One shared decoder: real features must be mapped to where it reads synthetic ones.
             view = self.decoder(mapped["unl_image"], batch["unl_centre_m"])
-            per_frame = (view.float() - batch["unl_view"].float()).abs().flatten(1).sum(1)
-            has = batch["unl_has_view"].float()
-            terms["view_real"] = c.w_view * (per_frame * has).sum() / has.sum().clamp(min=1.0)
+            terms["view_real"] = c.w_view * l1_sum(view, batch["unl_view"], batch["unl_has_view"])
         if mapped and critic is not None:
             real = torch.cat(list(mapped.values()))
             # The mapping wants real features scored as synthetic (target 0).
