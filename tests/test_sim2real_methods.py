@@ -193,7 +193,8 @@ def _runner():
 
 def _fake(label: str, method: str, n: int, mm: float) -> dict:
     t = list(np.arange(0.0, 80.5, 0.5))
-    return {"label": label, "method": method, "n": n, "mean_error_mm": mm, "command": f"train-mapping --method {method}",
+    return {"label": label, "method": method, "n": n, "mean_error_mm": mm, "palm_centred_error_mm": mm - 10,
+            "command": f"train-mapping --method {method}",
             "thresholds_mm": t, "fraction_within": list(np.clip((np.asarray(t) - mm) / 20 + 0.5, 0, 1)),
             "train_seconds": 12.0, "nyu_real_error_mm": None}
 
@@ -209,7 +210,7 @@ def test_gap_closed_and_table(tmp_path):
     text = run.table(results, "supervised n=all")
     lines = text.splitlines()
     assert len(lines) == 5
-    assert "| murauer n=10 | 10 | 15.0 |" in lines[4] and "| 75 % |" in lines[4]
+    assert "| murauer n=10 | 10 | 15.0 |" in lines[4] and "| 75 % | 5.0 |" in lines[4]
     assert "(upper bound)" in lines[3] and "| 100 % |" in lines[3] and "| 0 % |" in lines[2]
     assert "`train-mapping --method murauer`" in lines[4]
     assert run.error_within(results[0], 30.0) == pytest.approx(0.5)
@@ -235,9 +236,11 @@ def test_plan_refuses_missing_data_and_lists_every_row(tmp_path, shared):
         (tmp_path / part).symlink_to(shared / "real_samples/realsense_sr305/seq_a")
     rows = run.plan(tmp_path, "small", tmp_path / "runs")      # a pool of 8 frames: n = all only
     assert [r.label for r in rows] == ["synthetic-only", "supervised n=all", "murauer n=all", "feature-mapping n=all",
-                                       "simgan", "aign"]
+                                       "simgan", "aign", "twins-only n=all"]
     assert run.upper_bound(rows).label == "supervised n=all" and run.upper_bound(rows).n == 8
     assert "--n-labeled 8" in rows[2].command and "--pairs" in rows[2].command
+    twins = rows[-1].args   # the twins as the synthetic frames, no labelled real frame
+    assert twins[twins.index("--synthetic") + 1] == str(tmp_path / "pairs") and "--n-labeled" not in twins
     assert len({r.run for r in rows}) == len(rows)
     again = run.plan(tmp_path, "small", tmp_path / "runs", seed=1)    # another seed: its own folders
     assert all("--seed 1" in r.command and r.run.parent.name == "seed1" for r in again)
@@ -249,10 +252,12 @@ def test_seeds_are_aggregated_per_row():
     seeds = [_fake("synthetic-only", "synthetic-only", 0, mm) for mm in (30.0, 32.0)]
     seeds += [_fake("murauer n=10", "murauer", 10, mm) for mm in (14.0, 16.0)]
     seeds[1]["nyu_real_error_mm"], seeds[3]["nyu_real_error_mm"] = 20.0, 10.0
+    seeds[0]["palm_centred_error_mm"] = 19.0
     merged = run.aggregate(seeds)
     assert [r["label"] for r in merged] == ["synthetic-only", "murauer n=10"]
     assert merged[0]["mean_error_mm"] == 31.0 and merged[0]["sd_mm"] == pytest.approx(np.sqrt(2.0))
     assert merged[0]["seed_errors_mm"] == [30.0, 32.0] and merged[0]["nyu_real_error_mm"] == 20.0
+    assert merged[0]["palm_centred_error_mm"] == 20.5
     curve = np.mean([seeds[2]["fraction_within"], seeds[3]["fraction_within"]], axis=0)
     assert np.allclose(merged[1]["fraction_within"], curve)
     line = run.table(merged, "murauer n=10").splitlines()[3]
