@@ -267,7 +267,8 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
     for r in results:
-        style = "--" if r["method"] in ("synthetic-only", "simgan", "aign", "feature-mapping") else "-"
+        style = ":" if r["label"] == TWINS else "--" if r["method"] in ("synthetic-only", "simgan", "aign",
+                                                                           "feature-mapping") else "-"
         ax.plot(r["thresholds_mm"], r["fraction_within"], style, label=f"{r['label']} ({r['mean_error_mm']:.1f} mm)")
     ax.set(xlabel="max joint error threshold (mm)", ylabel="fraction of frames with all joints within",
            xlim=(0, 80), ylim=(0, 1), title="target_test: fraction of frames")
@@ -281,7 +282,8 @@ def plot_curves(results: list[dict], path: Path, title: str) -> None:
             bx.errorbar(n, mm, yerr=sd, marker=marker, capsize=3, label=f"{method} (bars: sd over seeds)")
     for r, color in zip([r for r in results if r["method"] in ("synthetic-only", "simgan", "aign", "feature-mapping")],
                         ("black", "tab:purple", "tab:olive", "tab:cyan", "tab:brown")):
-        bx.axhline(r["mean_error_mm"], ls="--", color=color, label=f"{r['label']} (no n axis)")
+        bx.axhline(r["mean_error_mm"], ls=":" if r["label"] == TWINS else "--", color=color,
+                   label=f"{r['label']} (no n axis)")
     bx.set(xscale="log", xlabel="labelled target frames n", ylabel="mean 3D error (mm)",
            title="mean error against labels used")
     bx.grid(alpha=0.3)
