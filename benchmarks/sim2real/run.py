@@ -227,7 +227,7 @@ def aggregate(results: list[dict]) -> list[dict]:
 def table(results: list[dict], upper_label: str) -> str:
     """Markdown table of aggregated results (`aggregate`): one line per row, gap closed against
     the synthetic-only row."""
-    syn = next(r for r in results if r["method"] == "synthetic-only")["mean_error_mm"]
+    syn = next(r for r in results if r["label"] == "synthetic-only")["mean_error_mm"]
     upper = next(r for r in results if r["label"] == upper_label)["mean_error_mm"]
     lines = ["| method | target labels | mean 3D error (mm) | seeds (mm) | frames within 20 / 40 mm | gap closed | "
              "palm-centred crops (mm) | NYU real frame (mm) | train (s) | command (first seed) |",
