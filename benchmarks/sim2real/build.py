@@ -94,14 +94,12 @@ def folder_checksum(root: Path, pattern: str = "*") -> str:
 
 
 def repository_version() -> dict:
-    """The commit the data was built with, and whether the working tree had uncommitted changes."""
+    """The commit the data was built with: hand model, prior and renderer all shape the frames."""
     root = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
-
     try:
-        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain")
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "render", "hand_models", "training",
+                                "benchmarks/sim2real/build.py", "benchmarks/sim2real/target.py"], cwd=root, capture_output=True, text=True).stdout.strip()
     except OSError:
         return {"commit": None, "modified": None}
     return {"commit": commit or None, "modified": bool(dirty)}
@@ -222,7 +220,6 @@ def build(args: argparse.Namespace) -> dict:
     # and replaces them when a setting, the pose file or its code did.
     # render-hands gets half the cores: it runs beside the target's workers.
     extra = ["--overwrite", "--workers", str(max(1, args.workers // 2))]
-    version = repository_version()
 
     # The source renders in the background while the target is built (render-hands resumes).
     source_cmd, source_proc = render_hands(
@@ -306,7 +303,7 @@ def build(args: argparse.Namespace) -> dict:
         "commands": commands,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "machine": {"cpus": os.cpu_count(), "workers": args.workers},
-        "repository": version,
+        "repository": repository_version(),
         "checksums": checksums,
         "nyu_split": {s: {"pool": int(len(splits[s])), "fitted": int(len(fitted[s].nyu_index)),
                           "fit_residual_mm_median": round(float(np.median(fitted[s].residual_mm)), 3)}
