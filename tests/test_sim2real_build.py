@@ -194,6 +194,11 @@ def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, caps
     assert len(table.strip().splitlines()) == 2 + len(rows) and table.count(" ± ") == len(rows)
     twins = json.loads((tmp_path / "runs" / "seed0" / "twins-onlyn-all" / "config.json").read_text())
     assert twins["synthetic"].endswith("pairs") and twins["method"] == "synthetic-only"
+    # A result scored by an earlier runner (no palm-centred score) is scored again, not trained again.
+    old = tmp_path / "runs" / "seed1" / "aign" / "result.json"
+    scored = json.loads(old.read_text())
+    old.write_text(json.dumps({k: v for k, v in scored.items() if k != "palm_centred_error_mm"}))
     assert run.main(args) == 0                                         # everything read back, nothing trained
     again = capsys.readouterr().out
     assert "steps," not in again and again[again.index("| method |"):] == table
+    assert json.loads(old.read_text()) == scored
