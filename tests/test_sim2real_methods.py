@@ -207,10 +207,11 @@ def test_gap_closed_and_table(tmp_path):
     assert math.isnan(run.gap_closed(10.0, 12.0, 10.0))                       # no gap to close
     results = [_fake("synthetic-only", "synthetic-only", 0, 30.0), _fake("supervised n=all", "supervised", 50, 10.0),
                _fake("murauer n=10", "murauer", 10, 15.0)]
+    results[2]["palm_centred_error_mm"] = 4.0    # palm-centred bounds 20 and 0 mm: 80 % of that gap
     text = run.table(results, "supervised n=all")
     lines = text.splitlines()
     assert len(lines) == 5
-    assert "| murauer n=10 | 10 | 15.0 |" in lines[4] and "| 75 % | 5.0 |" in lines[4]
+    assert "| murauer n=10 | 10 | 15.0 |" in lines[4] and "| 75 % | 4.0 (80 %) |" in lines[4]
     assert "(upper bound)" in lines[3] and "| 100 % |" in lines[3] and "| 0 % |" in lines[2]
     assert "`train-mapping --method murauer`" in lines[4]
     assert run.error_within(results[0], 30.0) == pytest.approx(0.5)
