@@ -9,8 +9,8 @@ each way docs/sim2real.md lists:
   consecutive frames for the test, training and unlabeled pools;
 * hands: shapes 2 to 3.5 standard deviations out in size and in two further shape directions
   (finger lengths, palm width, thickness), larger and smaller than the source's;
-* sensor: the Kinect v1 model with its parameters drawn per frame around the NYU calibration, plus
-  holes stamped into the hand with the shapes and rates measured on the real captures;
+* sensor: the Kinect v1 model as four devices whose parameters are drawn (per seed) around the NYU
+  calibration, plus holes stamped into the hand with the shapes and rates measured on the real captures;
 * scene: a long forearm, a torso 10 to 40 cm behind the hand, sometimes a table and a wall
   (render.scene), rendered as full 640x480 frames so that localisation and cropping are exercised;
 * a rig: the unlabeled frames are also filmed by a second Kinect at the side (NYU's camera 3), fixed
@@ -126,6 +126,13 @@ def target_betas(rng: np.random.Generator, num_betas: int) -> np.ndarray:
 
 
 # --- real-capture hole patterns -----------------------------------------------------------------
+def hole_shapes(holes: np.ndarray) -> list[np.ndarray]:
+    """Each connected hole as a boolean mask of its bounding box, holding that hole's pixels only
+    (another hole may reach into the box)."""
+    labels, _ = ndi.label(holes)
+    return [labels[box] == j for j, box in enumerate(ndi.find_objects(labels), 1)]
+
+
 @dataclass
 class HolePatterns:
     """Holes inside hand silhouettes of real captures: their shapes and how much of a hand they cover."""
@@ -150,10 +157,7 @@ class HolePatterns:
                     raise TargetError(f"{capture.frames[i]}: no hand found to measure holes on ({err})") from None
                 filled = ndi.binary_fill_holes(mask)
                 holes = filled & ~mask & (depth <= 0)
-                labels, n = ndi.label(holes)
-                for sl in ndi.find_objects(labels):
-                    k = labels[sl]
-                    shapes.append(k == k.max())
+                shapes += hole_shapes(holes)
                 fractions.append(holes.sum() / max(filled.sum(), 1))
                 sources.append(str(capture.frames[i]))
         if not shapes:
@@ -222,7 +226,6 @@ class TargetFrame:
     nyu14_uvd: np.ndarray    # (14, 3) labels of the rendered hand
     pose: PoseBatch          # one pose, the target's shape
     transl_m: np.ndarray     # (3,) model translation that places the hand (camera metres)
-    scene: dict
     views: list[np.ndarray] = dataclasses.field(default_factory=list)   # (H, W) uint16 per rig view
 
 
@@ -315,21 +318,21 @@ class TargetSynthesizer:
         shift = palm - nyu14[PALM]
         verts, joints, nyu14 = verts + shift, joints + shift, nyu14 + shift
         params = scene_mod.SceneParams.sample(rng)
-        depth, uvd, unit = self._shoot(rng, verts, joints, nyu14, palm, params, np.eye(4))
-        frame = TargetFrame(depth, uvd, pose, shift, {**params.to_dict(), "sensor_unit": unit})
+        depth, uvd = self._shoot(rng, verts, joints, nyu14, palm, params, np.eye(4))
+        frame = TargetFrame(depth, uvd, pose, shift)
         return frame, (verts, joints, nyu14, palm, params)
 
     def _shoot(self, rng: np.random.Generator, verts: np.ndarray, joints: np.ndarray, nyu14: np.ndarray,
-               palm: np.ndarray, params: "scene_mod.SceneParams", extrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+               palm: np.ndarray, params: "scene_mod.SceneParams", extrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Depth (sensor model and real-capture holes) and NYU-14 uvd of the hand and its scene
         (front-camera metres) seen by the camera `extrinsics` leads to."""
         verts_s, faces = scene_mod.merge([(verts, self.faces)] + scene_mod.scene_meshes(joints, palm, params))
         mesh = in_front(transform(verts_s, extrinsics), faces, scene_mod.MIN_DEPTH_M, self.renderer.zfar - 0.1)
         exact = self.renderer.render([mesh], [Window.full(self.cam)], self.cam)[0]
-        unit = int(rng.integers(len(self.units)))
-        depth = kinect_v1(exact, self.cam, (0, 0), rng, self.units[unit])
+        unit = self.units[int(rng.integers(len(self.units)))]
+        depth = kinect_v1(exact, self.cam, (0, 0), rng, unit)
         uvd = xyz_to_uvd(transform(nyu14, extrinsics) * 1000.0, self.cam)
-        return self.holes.stamp(depth, self._hand_region(depth, uvd), rng), uvd, unit
+        return self.holes.stamp(depth, self._hand_region(depth, uvd), rng), uvd
 
     def _hand_region(self, depth: np.ndarray, uvd: np.ndarray) -> np.ndarray:
         """Measured pixels near the labelled hand: inside the joints' box (+12 px), within 80 mm of the palm."""
