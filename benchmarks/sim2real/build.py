@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -108,6 +109,8 @@ def repository_version() -> dict:
 def check_inputs(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise BuildError(f"--workers must be >= 1, got {args.workers}")
+    if args.seed < 0:
+        raise BuildError(f"--seed must be >= 0, got {args.seed}")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         probe = args.out / ".write-test"
@@ -213,6 +216,8 @@ def build(args: argparse.Namespace) -> dict:
     preset = replace(preset, **counts)
     check_inputs(args)
     out = args.out.resolve()
+    # build.json marks a complete build: an earlier one's must not vouch for a half-done rebuild.
+    (out / "build.json").unlink(missing_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     commands: dict = {"build": ["python", "benchmarks/sim2real/build.py", *args.argv]}
@@ -282,10 +287,12 @@ def build(args: argparse.Namespace) -> dict:
         wait(source_proc, out / ".source.log")
         wait(pairs_proc, out / ".pairs.log")
         timings["wait_render_hands_s"] = time.perf_counter() - t
-    except BaseException:
+    except BaseException as err:
         for proc in (source_proc, pairs_proc):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
+        if isinstance(err, BrokenProcessPool):
+            raise BuildError(f"{out}: a target worker process failed ({err}); its error is printed above") from None
         raise
     timings["total_s"] = time.perf_counter() - t0
 
