@@ -178,6 +178,17 @@ def test_resume_refuses_other_settings(data, tmp_path, capsys):
     assert main(_args(data, "synthetic-only", run, _config(tmp_path, steps=4, lr=0.1))) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkpoint.pt" in err and "lr" in err
+    # A run is not cut back below the step it reached.
+    assert main(_args(data, "synthetic-only", run, _config(tmp_path, steps=1))) == 2
+    assert "at step 2, past steps = 1" in capsys.readouterr().err
+    # Under the cosine schedule the step count sets every rate: another count is other settings.
+    cosine = tmp_path / "cosine"
+    assert main(_args(data, "synthetic-only", cosine, _config(tmp_path, steps=2, lr_schedule="cosine",
+                                                                  pretrain_steps=1))) == 0
+    capsys.readouterr()
+    assert main(_args(data, "synthetic-only", cosine, _config(tmp_path, steps=4, lr_schedule="cosine",
+                                                                  pretrain_steps=1))) == 2
+    assert "different settings (steps)" in capsys.readouterr().err
 
 
 def test_loss_goes_down_on_a_fixed_batch(data):

@@ -206,7 +206,7 @@ def lr_multiplier(config: TrainConfig, step: int) -> float:
         return 1.0
     phase_start = config.pretrain_steps if step >= config.pretrain_steps else 0
     if config.lr_schedule == "cosine":
-        length = config.steps - config.pretrain_steps if phase_start else max(config.pretrain_steps, 1)
+        length = max(config.steps - config.pretrain_steps if phase_start else config.pretrain_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * min((step - phase_start) / length, 1.0)))
     epoch = (step - phase_start) // config.epoch_steps
     return 0.33 ** max(0, 2 - epoch // 2) if epoch < 4 else math.exp(-0.04 * epoch)

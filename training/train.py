@@ -81,7 +81,9 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _check_resume(config: TrainConfig, saved: dict, path: Path) -> None:
     current = config.to_dict()
-    differ = [k for k, v in saved.items() if k not in RESUMABLE_CHANGES and current.get(k) != v]
+    # The cosine schedule anneals to the last step: there the number of steps shapes every rate.
+    free = [k for k in RESUMABLE_CHANGES if not (k == "steps" and config.lr_schedule == "cosine")]
+    differ = [k for k, v in saved.items() if k not in free and current.get(k) != v]
     if differ:
         raise TrainingError(f"{path}: the run was started with different settings ({', '.join(differ)}); "
                             f"use a new --out folder or the same settings")
@@ -182,6 +184,9 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             raise TrainingError(f"{ckpt_path}: saved by {state['world']} processes, resumed with {world}; "
                                 f"the data order depends on it")
     start_step = 0 if state is None else int(state["step"])
+    if start_step > config.steps:
+        raise TrainingError(f"{ckpt_path}: the run is at step {start_step}, past steps = {config.steps}; "
+                            f"use a new --out folder or at least {start_step} steps")
     if start_step >= config.steps and (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())   # already complete
 
