@@ -131,6 +131,7 @@ def test_layout_and_labels_agree_with_pixels(two_builds):
     (["--preset", "tiny", "--out", "/proc/sim2real"], "/proc/sim2real: cannot write there"),
     (["--preset", "tiny", "--shared", "/nonexistent/shared"], "/nonexistent/shared: shared data folder not found"),
     (["--preset", "tiny", "--test", "0"], "frame counts must be >= 1"),
+    (["--preset", "tiny", "--seed", "-1"], "--seed must be >= 0"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
     if "--out" not in args:
@@ -140,6 +141,18 @@ def test_bad_input_is_one_line(args, message, tmp_path):
     last = result.stderr.strip().splitlines()
     assert message in last[-1], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_hole_shapes_keep_only_their_own_pixels():
+    """A small hole inside another hole's bounding box is not part of that hole's shape."""
+    sys.path.insert(0, str(BUILD.parent))
+    import target as tgt
+    holes = np.zeros((9, 9), bool)
+    holes[1, 1:8] = holes[1:8, 1] = True          # an L of 13 pixels
+    holes[5, 5] = True                             # a pixel inside the L's box
+    shapes = tgt.hole_shapes(holes)
+    assert sorted(int(s.sum()) for s in shapes) == [1, 13]
+    assert [s.shape for s in shapes] == [(7, 7), (1, 1)]
 
 
 @needs_shared
@@ -197,8 +210,13 @@ def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, caps
     # A result scored by an earlier runner (no palm-centred score) is scored again, not trained again.
     old = tmp_path / "runs" / "seed1" / "aign" / "result.json"
     scored = json.loads(old.read_text())
+    assert scored["settings"]["steps"] == 2
     old.write_text(json.dumps({k: v for k, v in scored.items() if k != "palm_centred_error_mm"}))
+    checkpoint = (old.parent / "checkpoint.pt").stat().st_mtime_ns
     assert run.main(args) == 0                                         # everything read back, nothing trained
     again = capsys.readouterr().out
-    assert "steps," not in again and again[again.index("| method |"):] == table
-    assert json.loads(old.read_text()) == scored
+    assert again.count(" steps, ") == 1 and again[again.index("| method |"):] == table   # aign's run, finished
+    assert json.loads(old.read_text()) == scored and (old.parent / "checkpoint.pt").stat().st_mtime_ns == checkpoint
+    # Other settings into the same folders: train-mapping refuses them, no result of the old ones is reused.
+    assert run.main([*args[:args.index("--steps")], "--steps", "2", "3", "--seeds", "0", "--no-report"]) == 2
+    assert "different settings (pretrain_steps" in capsys.readouterr().err

@@ -17,8 +17,11 @@ target_train pose and hand, no real pixel): the part of the gap it closes is con
 appearance. With several seeds a row reports the mean and standard deviation over them, and the
 gap closed of the means.
 
-Rows whose run folder already holds a result are not run again: an interrupted table resumes
-(and an interrupted run inside it resumes from its checkpoint). Writes the "sim2real <preset>"
+Rows whose run folder already holds a result of the same command and settings are not run
+again: an interrupted table resumes (and an interrupted run inside it resumes from its
+checkpoint). A result of other settings is handed back to train-mapping, which resumes the run
+where its resume rules allow the change and otherwise refuses the folder, so a table never mixes
+settings. Writes the "sim2real <preset>"
 section of docs/benchmarks.md, docs/sim2real_curves.png, docs/sim2real_real_frames.png
 (predictions of every model on the real frames in ../shared/real_samples: the stand-in must not
 hide a failure on real sensors) and docs/simgan_refined.png.
@@ -45,7 +48,7 @@ from benchmarks.report import machine, write_section  # noqa: E402
 from training.figures import save_figure  # noqa: E402
 
 DOCS = ROOT / "docs"
-REAL_SAMPLES = ROOT.parent / "shared" / "real_samples"
+DEFAULT_SHARED = ROOT.parent / "shared"
 N_LABELED = (10, 100, 1000, "all")
 TWINS = "twins-only n=all"
 
@@ -145,7 +148,7 @@ def upper_bound(rows: list[Row]) -> Row:
 
 
 # --- running and scoring -----------------------------------------------------------------------
-def evaluate_run(row: Row, test: Path) -> dict:
+def evaluate_run(row: Row, test: Path, samples: dict[str, Path]) -> dict:
     """Predict target_test with the run's checkpoint and score it; also predictions on the real
     sample frames (uvd per frame) for the overlays."""
     from training.captures import load_capture
@@ -160,7 +163,7 @@ def evaluate_run(row: Row, test: Path) -> dict:
     palm = evaluate_uvd(predict_capture(method, config, capture, centre="labels"), capture.labels_uvd,
                         capture.intrinsics)
     real = {}
-    for name, folder in real_sample_captures().items():
+    for name, folder in samples.items():
         real[name] = predict_capture(method, config, load_capture(folder)).tolist()
     return {"label": row.label, "method": row.method, "n": row.n, "command": row.command,
             "mean_error_mm": result.mean_error_mm, "palm_centred_error_mm": palm.mean_error_mm, "frames": result.frames,
@@ -168,30 +171,33 @@ def evaluate_run(row: Row, test: Path) -> dict:
             "real_samples_uvd": real}
 
 
-def real_sample_captures() -> dict[str, Path]:
-    """The real frames every model is shown: NYU Kinect v1 (labelled), SR305, BigHand SR300."""
-    folders = {"NYU Kinect v1": REAL_SAMPLES / "nyu", "RealSense SR305": REAL_SAMPLES / "realsense_sr305" / "seq_a",
-               "BigHand SR300": REAL_SAMPLES / "bighand"}
+def real_sample_captures(shared: Path) -> dict[str, Path]:
+    """The real frames every model is shown: NYU Kinect v1 (labelled), SR305, BigHand SR300 (those
+    present in the shared data folder)."""
+    root = shared / "real_samples"
+    folders = {"NYU Kinect v1": root / "nyu", "RealSense SR305": root / "realsense_sr305" / "seq_a",
+               "BigHand SR300": root / "bighand"}
     return {k: v for k, v in folders.items() if (v / "capture.json").is_file()}
 
 
-def run_row(row: Row, test: Path) -> dict:
+def run_row(row: Row, test: Path, settings: dict, samples: dict[str, Path]) -> dict:
+    """The row's result: read back when it was scored from a run of this command and settings (and
+    has every score this runner gives), else trained or resumed by train-mapping and scored."""
     from training.cli import main as train_mapping
 
     done = row.run / "result.json"
     if done.exists():
         result = json.loads(done.read_text())
-        if "palm_centred_error_mm" in result:
+        if (result.get("command") == row.command and result.get("settings") == settings
+                and "palm_centred_error_mm" in result and set(samples) <= set(result["real_samples_uvd"])):
             return result
-        # Scored by an earlier runner that had no palm-centred score: score the checkpoint again and
-        # keep the training time (training again would overwrite the run's clock).
-        seconds = result["train_seconds"]
-    else:
-        if train_mapping(list(row.args)) != 0:
-            raise BenchmarkError(f"{row.run}: {row.command} failed (its error is above)")
-        # The run's own clock (its last invocation), so a row trained earlier still reports its time.
-        seconds = json.loads((row.run / "summary.json").read_text())["seconds"]
-    result = {**evaluate_run(row, test), "train_seconds": seconds}
+    # A finished run of these settings returns at once (and keeps its clock); other settings are
+    # resumed or refused by train-mapping's own check.
+    if train_mapping(list(row.args)) != 0:
+        raise BenchmarkError(f"{row.run}: {row.command} failed (its error is above)")
+    # The run's own clock (its last training invocation), so a row trained earlier keeps its time.
+    seconds = json.loads((row.run / "summary.json").read_text())["seconds"]
+    result = {**evaluate_run(row, test, samples), "settings": settings, "train_seconds": seconds}
     tmp = done.with_name(done.name + ".tmp")
     tmp.write_text(json.dumps(result) + "\n")
     os.replace(tmp, done)
@@ -260,15 +266,16 @@ def table(results: list[dict], upper_label: str) -> str:
     return "\n".join(lines)
 
 
-def nyu_real_error(result: dict) -> float | None:
+def nyu_real_error(result: dict, samples: dict[str, Path]) -> float | None:
     """Mean 3D error on the labelled NYU real frame (one frame: a smoke test, not a score)."""
     from training.captures import load_capture
     from training.evaluate import evaluate_uvd
 
-    uvd = result["real_samples_uvd"].get("NYU Kinect v1")
-    if uvd is None:
+    name = "NYU Kinect v1"
+    if name not in samples:
         return None
-    capture = load_capture(REAL_SAMPLES / "nyu")
+    uvd = result["real_samples_uvd"][name]
+    capture = load_capture(samples[name])
     return evaluate_uvd(np.asarray(uvd), capture.labels_uvd, capture.intrinsics).mean_error_mm
 
 
@@ -310,7 +317,7 @@ BONES = ((0, 1), (1, 13), (2, 3), (3, 13), (4, 5), (5, 13), (6, 7), (7, 13), (8,
          (11, 13), (12, 13), (11, 12))
 
 
-def plot_real_frames(results: list[dict], path: Path) -> None:
+def plot_real_frames(results: list[dict], path: Path, samples: dict[str, Path]) -> None:
     """Each model's prediction drawn on each real sample frame (first frame of each capture)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -318,7 +325,7 @@ def plot_real_frames(results: list[dict], path: Path) -> None:
 
     from training.captures import load_capture
 
-    captures = {name: load_capture(folder) for name, folder in real_sample_captures().items()}
+    captures = {name: load_capture(folder) for name, folder in samples.items()}
     fig, axes = plt.subplots(len(captures), len(results), figsize=(1.9 * len(results), 2.1 * len(captures)),
                              squeeze=False)
     for i, (name, capture) in enumerate(captures.items()):
@@ -409,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="override the preset's pre-training and total steps (e.g. a smoke run)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED",
                    help="train every row once per seed (default: 0); the table gives mean and sd")
+    p.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
+                   help="the shared data folder whose real_samples/ every model is shown (default: ../shared "
+                        "beside the repo)")
     p.add_argument("--docs", type=Path, default=DOCS, help="where the table's pictures go (default docs/)")
     p.add_argument("--no-report", action="store_true", help="run and score, leave docs/ alone")
     args = p.parse_args(argv)
@@ -417,16 +427,21 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as err:
         print(f"sim2real: error: {err}", file=sys.stderr)
         return 2
+    settings = json.loads((args.out / f"{args.preset}.json").read_text())
+    samples = real_sample_captures(args.shared)
+    if not samples:
+        print(f"sim2real: note: no real sample captures under {args.shared / 'real_samples'}; the table has no "
+              f"real-sensor overlays", file=sys.stderr)
     t0 = time.perf_counter()
     results = []
     for i, row in enumerate(rows, 1):
         print(f"[{i}/{len(rows)}] {row.label}, seed {row.seed}: {row.command}", flush=True)
         try:
-            result = run_row(row, args.data / "target_test")
+            result = run_row(row, args.data / "target_test", settings, samples)
         except BenchmarkError as err:
             print(f"sim2real: error: {err}", file=sys.stderr)
             return 2
-        result["nyu_real_error_mm"] = nyu_real_error(result)
+        result["nyu_real_error_mm"] = nyu_real_error(result, samples)
         print(f"    {row.label}, seed {row.seed}: {result['mean_error_mm']:.2f} mm on {result['frames']} target_test "
               f"frames ({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
         results.append(result)
@@ -439,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     args.docs.mkdir(parents=True, exist_ok=True)
     plot_curves(merged, args.docs / "sim2real_curves.png", f"sim2real, preset {args.preset}, "
                 f"mean over seed(s) {', '.join(map(str, args.seeds))}")
-    plot_real_frames(merged, args.docs / "sim2real_real_frames.png")
+    if samples:
+        plot_real_frames(merged, args.docs / "sim2real_real_frames.png", samples)
     simgan = next((r for r in rows if r.method == "simgan"), None)
     if simgan is not None:
         plot_refined(simgan.run, args.data, args.docs / "simgan_refined.png")
@@ -449,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             f"`python benchmarks/sim2real/run.py --data {args.data} --preset {args.preset} --out {args.out} "
             f"--seeds {seeds}` on {machine()}: {len(rows)} runs, "
             f"{sum(r['train_seconds'] for r in results) / 60:.1f} min of training in all (each run's own clock); "
-            f"this invocation {elapsed / 60:.1f} min (rows whose folder held a result.json were read, not re-run). "
+            f"this invocation {elapsed / 60:.1f} min (rows whose folder held a result of the same settings were read, "
+            f"not re-run). "
             f"Data: {args.data}{_build_summary(build)}. "
             f"Scored on target_test around the detected hand (the palm-centred column: around the labelled palm "
             f"centre, the protocol of the published numbers); each row is the mean (± sd) over seeds {seeds}, "
@@ -459,8 +476,10 @@ def main(argv: list[str] | None = None) -> int:
             f"every target_train frame (their poses and hands, no real pixel), so the part of the gap it closes is "
             f"content, the rest appearance. "
             f"The NYU column is the one labelled real Kinect frame in ../shared/real_samples (a smoke test on a real "
-            f"sensor, one frame; seed 0's models in the overlays). Curves: docs/sim2real_curves.png; real-sensor "
-            f"overlays: docs/sim2real_real_frames.png; SimGAN refinements: docs/simgan_refined.png.\n\n"
+            f"sensor, one frame; seed 0's models in the overlays). Curves: docs/sim2real_curves.png; "
+            + ("real-sensor overlays: docs/sim2real_real_frames.png; " if samples else "no real-sensor overlays "
+               f"(no real sample captures under {args.shared / 'real_samples'}); ")
+            + "SimGAN refinements: docs/simgan_refined.png.\n\n"
             + table(merged, upper))
     write_section(f"sim2real {args.preset}", body)
     print(table(merged, upper))
