@@ -54,8 +54,9 @@ def _demo(args) -> None:
         ax.axis("off")
     fig.suptitle(f"{model.name}: poses from the prior (seed {args.seed}), camera view")
     fig.tight_layout()
+    from training.figures import save_figure
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=80)
+    save_figure(fig, args.out, dpi=80)
     print(f"wrote {args.out}: {args.count} poses of {model.name} (sampler {rate:.0f} poses/s)")
 
 
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         {"demo": _demo, "fit": _fit}[args.command](args)
     except ValueError as err:
         sys.exit(f"hand-model: {err}")
+    except OSError as err:
+        sys.exit(f"hand-model: {args.out}: cannot write ({err.strerror or err})")
 
 
 if __name__ == "__main__":
