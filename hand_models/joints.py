@@ -53,3 +53,7 @@ NYU14_NAMES: tuple[str, ...] = (
     "wrist_ulnar", "wrist_radial",
     "palm_center",
 )
+# NYU's palm centre lies this fraction of the way from the wrist to the middle MCP (measured by
+# fitting the NYU test labels, docs/hand_models.md): how the hand model places it, and where a
+# 21-joint label set has its crop centre.
+PALM_CENTRE_FRACTION = 0.66

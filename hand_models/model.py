@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from smplx.lbs import batch_rigid_transform, batch_rodrigues, blend_shapes, lbs, vertices2joints
 
-from .joints import JOINT_INDEX, MANO_TO_21, NYU14_NAMES
+from .joints import JOINT_INDEX, MANO_TO_21, NYU14_NAMES, PALM_CENTRE_FRACTION
 from .mano_io import read_model_arrays
 
 OPEN_HAND = Path(__file__).parent / "data" / "open_hand_right.npz"
@@ -24,9 +24,8 @@ OPEN_HAND = Path(__file__).parent / "data" / "open_hand_right.npz"
 MANO_TIP_IDS = (744, 320, 443, 554, 671)
 _TIP_JOINTS = tuple(JOINT_INDEX[f"{f}_tip"] for f in ("thumb", "index", "middle", "ring", "pinky"))
 # Where NYU's labels sit, measured by fitting the NYU test labels (docs/hand_models.md): the palm
-# centre 0.66 of the way from the wrist to the middle MCP; the two wrist points inside the wrist,
-# at these fractions of the way from the wrist joint to the ulnar and radial skin.
-PALM_CENTRE_FRACTION = 0.66
+# centre as hand_models.joints places it; the two wrist points inside the wrist, at these fractions
+# of the way from the wrist joint to the ulnar and radial skin.
 NYU_WRIST_FRACTION = (0.7, 0.45)
 WRIST_BAND_M = 0.005  # skin points within this distance of the wrist joint's cross-section
 

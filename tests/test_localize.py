@@ -83,13 +83,23 @@ def test_no_object_is_refused():
         locate_hand(np.zeros((240, 320), np.float32), CAM)
 
 
-def test_centres_from_labels_and_file(tmp_path):
+def test_centres_from_labels():
+    """NYU-14 labels carry the palm centre; 21-joint labels get the point the hand model puts
+    there, so real frames of either label set are cropped where synthetic frames are."""
+    import torch
+
+    from hand_models.model import HandModel
     labels = np.arange(14 * 3, dtype=float).reshape(14, 3) + 500
     np.testing.assert_array_equal(centre_from_labels(labels, "nyu14", CAM), labels[13])
-    palm = np.array([[0, 0, 400], [10, 0, 400], [-10, 0, 400], [0, 10, 400], [0, -10, 400]], float)
-    j21 = np.tile([5.0, 5.0, 450.0], (21, 1))
-    j21[[0, 5, 9, 13, 17]] = xyz_to_uvd(palm, CAM)
-    np.testing.assert_allclose(centre_from_labels(j21, "21", CAM), xyz_to_uvd([0, 0, 400], CAM), atol=1e-9)
+    torch.manual_seed(0)
+    model = HandModel.load("open")
+    out = model(0.3 * torch.randn(2, 15, 3), torch.randn(2, model.num_betas), torch.randn(2, 3),
+                torch.tensor([[0.05, -0.02, 0.5], [-0.1, 0.05, 0.7]]))
+    j21, nyu14 = (xyz_to_uvd(t.double().numpy() * 1000.0, CAM) for t in (out.joints, out.nyu14))
+    np.testing.assert_allclose(centre_from_labels(j21, "21", CAM), nyu14[:, 13], atol=1e-6)
+
+
+def test_centres_file_round_trips(tmp_path):
     save_centres(tmp_path / "c.txt", np.array([[320, 240, 500], [330.25, 250, 510]]))
     np.testing.assert_allclose(load_centres(tmp_path / "c.txt", frames=2), [[320, 240, 500], [330.25, 250, 510]])
     with pytest.raises(ValueError, match="2 centres for 3 frames"):

@@ -32,8 +32,8 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from hand_models.joints import JOINT_INDEX, NYU14_NAMES
-from render.camera import Intrinsics, uvd_to_xyz
+from hand_models.joints import JOINT_INDEX, NYU14_NAMES, PALM_CENTRE_FRACTION
+from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from training.evaluate import load_uvd
 
 
@@ -205,20 +205,18 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
 
 
 def centre_from_labels(labels_uvd: np.ndarray, label_joints: str, cam: Intrinsics) -> np.ndarray:
-    """Crop centre(s) (..., 3) uvd from labels: NYU's palm centre, or the 21-joint palm's centroid.
+    """Crop centre(s) (..., 3) uvd from labels: NYU's palm centre.
 
-    For 21 joints the palm centre is the 3D mean of the wrist and the four finger MCPs, the
-    closest equivalent of NYU's palm-centre point.
+    21-joint labels have no palm-centre joint; it is placed as the hand model places NYU's
+    (hand_models.joints.PALM_CENTRE_FRACTION of the way from the wrist to the middle MCP), so real
+    and synthetic frames are cropped around the same point whichever labels they carry.
     """
     labels_uvd = np.asarray(labels_uvd, dtype=np.float64)
     if label_joints == "nyu14":
         return labels_uvd[..., NYU14_NAMES.index("palm_center"), :]
     if label_joints == "21":
-        palm = [JOINT_INDEX[n] for n in ("wrist", "index_mcp", "middle_mcp", "ring_mcp", "pinky_mcp")]
-        xyz = uvd_to_xyz(labels_uvd[..., palm, :], cam).mean(axis=-2)
-        u = xyz[..., 0] * cam.fx / xyz[..., 2] + cam.cx
-        v = xyz[..., 1] * cam.fy / xyz[..., 2] + cam.cy
-        return np.stack([u, v, xyz[..., 2]], axis=-1)
+        wrist, middle = (uvd_to_xyz(labels_uvd[..., JOINT_INDEX[n], :], cam) for n in ("wrist", "middle_mcp"))
+        return xyz_to_uvd(wrist + PALM_CENTRE_FRACTION * (middle - wrist), cam)
     raise ValueError(f"unknown label joint set {label_joints!r} (nyu14 or 21)")
 
 
