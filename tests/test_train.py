@@ -260,6 +260,29 @@ def test_bad_inputs_give_one_clear_line(data, tmp_path, capsys):
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "p.txt").exists()
 
+    # A damaged shard, read by a loader worker process: one line naming the shard.
+    import shutil
+    damaged = tmp_path / "damaged"
+    shutil.copytree(data["synthetic"], damaged)
+    shard = sorted(damaged.glob("shard-*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:30000])
+    args = _args(data, "synthetic-only", tmp_path / "run-damaged", _config(tmp_path, workers=1), labeled=False)
+    args[args.index("--synthetic") + 1] = str(damaged)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{shard}: " in err and "Traceback" not in err, err
+
+
+def test_resume_after_a_torn_metrics_line(data, tmp_path):
+    """A crash mid-write leaves half a metrics line: the resumed run drops it and goes on."""
+    run, config = tmp_path / "run", _config(tmp_path)
+    assert main(_args(data, "synthetic-only", run, config) + ["--max-steps", "2"]) == 0
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "train/lo')
+    assert main(_args(data, "synthetic-only", run, config)) == 0
+    steps = [r["step"] for r in _records(run) if "train/loss" in r]
+    assert steps == [1, 2, 3, 4]
+
 
 def test_networks_as_the_paper_gives_them():
     config = TrainConfig(synthetic="x")
@@ -366,7 +389,9 @@ def test_torchrun_two_processes(data, tmp_path):
            *_args(data, "murauer", run, _config(tmp_path, workers=1))]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    assert load_checkpoint(run / "checkpoint.pt")["world"] == 2
+    # The resolved configuration is a settings file as it stands.
+    assert TrainConfig.from_json(run / "config.json").to_dict() == json.loads((run / "config.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert [r["step"] for r in _records(run) if "train/loss" in r] == [1, 2, 3, 4]
@@ -379,7 +404,7 @@ def test_unlabeled_frames_without_a_hand_are_passed_over(shared, tmp_path):
 
     from PIL import Image
 
-    from training.captures import load_capture
+    from training.captures import CaptureError, load_capture
     from training.crop import AugmentParams
     from training.data import RealFrameCache, unlabeled_item
 
@@ -398,6 +423,10 @@ def test_unlabeled_frames_without_a_hand_are_passed_over(shared, tmp_path):
     after = unlabeled_item(items, 2, cache, AugmentParams(), None)["image"]
     assert np.array_equal(empty, after)
     assert not np.array_equal(unlabeled_item(items, 0, cache, AugmentParams(), None)["image"], after)
+    # A frame that cannot be read is an error naming it, not a frame passed over.
+    (cap / "3.png").write_bytes(b"not a png")
+    with pytest.raises(CaptureError, match="3.png: cannot decode image"):
+        unlabeled_item(items, 3, RealFrameCache(preset("cpu-small"), budget_mb=64), AugmentParams(), None)
 
 
 def test_unlabeled_frames_of_a_rig_come_with_their_view(data):

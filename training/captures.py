@@ -61,6 +61,10 @@ class CaptureError(ValueError):
     """A capture that cannot be used; the message names the file and the problem."""
 
 
+class NoHandError(CaptureError):
+    """A readable frame in which no hand can be found (real captures have such frames)."""
+
+
 MIRROR_X = np.diag([-1.0, 1.0, 1.0, 1.0])
 
 
@@ -118,7 +122,7 @@ class Capture:
         try:
             return locate_hand(self.depth_mm(index), self.intrinsics)
         except LocalizeError as err:
-            raise CaptureError(f"{self.frames[index]}: {err}") from None
+            raise NoHandError(f"{self.frames[index]}: {err}") from None
 
     def crop(self, index: int, config: CropConfig = CropConfig(), augment: AugmentParams = AugmentParams(),
              centre_uvd: np.ndarray | None = None) -> Crop:

@@ -28,6 +28,7 @@ i mod N (N = poses in the file), i.e. labelled frame i mod N.
 from __future__ import annotations
 
 import json
+import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.camera import uvd_to_xyz, xyz_to_uvd
 from render.shards import decode_depth_png, iter_shard, read_manifest
 from render.views import VIEWS
-from training.captures import Capture, CaptureError, CaptureView, load_capture, mirror_uvd
+from training.captures import Capture, CaptureError, CaptureView, NoHandError, load_capture, mirror_uvd
 from training.config import TrainConfig
 from training.crop import (Augmentation, AugmentParams, CropConfig, CropGeometry, crop_geometry, crop_hand,
                            crop_shard_sample)
@@ -155,7 +156,7 @@ def open_pairs(root: str | Path, n_labeled: int) -> Pairs:
                         f"need a twin each")
     groups: list[list[dict[str, bytes]]] = [[] for _ in range(n_labeled)]
     for path, _ in shards.shards:
-        for _, files in iter_shard(path):
+        for files in read_shard(path):
             k = int(json.loads(files["json"])["index"]) % n_poses
             if k < n_labeled:
                 groups[k].append(files)
@@ -217,6 +218,15 @@ class Parts:
 def _augmentation(config: TrainConfig) -> Augmentation:
     return Augmentation(config.aug_rotation_deg, config.aug_jitter_mm, tuple(config.aug_scale),
                         config.aug_depth_noise_mm)
+
+
+def read_shard(path: str | Path) -> list[dict[str, bytes]]:
+    """Every sample of one shard, as render.shards.iter_shard groups them; a damaged tar is a
+    DataError that names it."""
+    try:
+        return [files for _, files in iter_shard(path)]
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"{path}: cannot read the shard ({err})") from None
 
 
 def _crop_config(config: TrainConfig) -> CropConfig:
@@ -342,7 +352,7 @@ def unlabeled_item(frames: tuple[tuple[Capture, int], ...], item: int, cache: Re
         capture, i = frames[(item + j) % len(frames)]
         try:
             crop = cache.crop(capture, i, augment, None)
-        except CaptureError:
+        except NoHandError:
             continue
         out = {"image": crop.image[None]}
         if view_name is not None:
@@ -376,7 +386,7 @@ class ShardOrder:
                 if skip >= count:
                     skip -= count
                     continue
-                samples = [files for _, files in iter_shard(path)]
+                samples = read_shard(path)
                 if len(samples) != count:
                     raise DataError(f"{path}: {len(samples)} samples, the manifest says {count}")
                 order = np.random.default_rng([self.seed, ORDER, SYNTHETIC, epoch, shard]).permutation(count)

@@ -33,8 +33,9 @@ from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from training.captures import CaptureError
 from training.config import ConfigError, TrainConfig, lr_multiplier
-from training.data import Parts, batch_size_of, crop_frames, eval_frames, open_sources, train_loader
+from training.data import DataError, Parts, batch_size_of, crop_frames, eval_frames, open_sources, train_loader
 from training.evaluate import evaluate_uvd
 from training.methods import Method, build, method_class
 
@@ -89,11 +90,22 @@ def _check_resume(config: TrainConfig, saved: dict, path: Path) -> None:
                             f"use a new --out folder or the same settings")
 
 
+def _records(path: Path) -> list[dict]:
+    """The metric lines that parse (a crash can leave the last one torn)."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint a resumed run continues from."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = [json.dumps(r) for r in _records(path) if r.get("step", math.inf) <= step]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
@@ -140,6 +152,24 @@ def _match_layout(optimizer: torch.optim.Optimizer) -> None:
             for k, v in optimizer.state.get(p, {}).items():
                 if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
                     optimizer.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
+def _batches(loader):
+    """The loader's batches. PyTorch re-raises an error of a worker process with the worker's
+    traceback in its message; the project's errors, which name their file, come back as one line."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (DataError, CaptureError) as err:
+            text = str(err)
+            if "Original Traceback" not in text:
+                raise
+            last = text.strip().splitlines()[-1]
+            raise type(err)(last.split(": ", 1)[1] if ": " in last else last) from None
+        yield batch
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -249,12 +279,12 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         params = {k: v.detach() for k, v in critic.named_parameters()}
         return functional_call(critic, params, (features,))
 
-    def checkpoint(step: int, extra: dict) -> None:
+    def checkpoint(step: int) -> None:
         if not master:
             return
         save_checkpoint(ckpt_path, {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step,
-            "config": config.to_dict(), "world": world, "metrics": extra,
+            "config": config.to_dict(), "world": world,
             "model": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "critic": None if critic is None else critic.state_dict(),
             "critic_optimizer": None if critic is None else critic_opt.state_dict(),
@@ -265,7 +295,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     writer = None
     if master:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", {**config.to_dict(), "world_size": world})
+        _write_json(out / "config.json", config.to_dict())   # usable as --config as it stands
         _truncate_metrics(out / "metrics.jsonl", start_step)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"), purge_step=start_step)
@@ -290,7 +320,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     method.train()
     try:
-        for batch in loader:
+        for batch in _batches(loader):
             if step >= config.steps:
                 break
             pretrain = step < config.pretrain_steps
@@ -346,7 +376,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
                 bar.write(f"step {step}: mean 3D error on {last_eval['eval_frames']} labelled real "
                           f"frame(s) {last_eval['eval_mean_error_mm']:.2f} mm")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                checkpoint(step, last_eval)
+                checkpoint(step)
                 if world > 1:
                     dist.barrier()
     finally:
@@ -371,13 +401,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
 
 def _last_record(path: Path, key: str) -> dict:
     """The last metrics line that has `key`."""
-    last = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if key in record:
-                last = record
-    return last
+    return next((r for r in reversed(_records(path)) if key in r), {})
 
 
 __all__ = ["train", "load_checkpoint", "TrainingError", "ConfigError"]
