@@ -406,7 +406,7 @@ def test_unlabeled_frames_without_a_hand_are_passed_over(shared, tmp_path):
 
     from training.captures import CaptureError, load_capture
     from training.crop import AugmentParams
-    from training.data import RealFrameCache, unlabeled_item
+    from training.data import RealFrameCache, crop_frames, unlabeled_item
 
     src = shared / "real_samples" / "realsense_sr305" / "seq_a"
     cap = tmp_path / "cap"
@@ -423,6 +423,11 @@ def test_unlabeled_frames_without_a_hand_are_passed_over(shared, tmp_path):
     after = unlabeled_item(items, 2, cache, AugmentParams(), None)["image"]
     assert np.array_equal(empty, after)
     assert not np.array_equal(unlabeled_item(items, 0, cache, AugmentParams(), None)["image"], after)
+    # Evaluation and prediction crop every frame: the empty one where its predecessor's hand was.
+    with pytest.warns(UserWarning, match="no hand found in 1 of 5 frames"):
+        crops = crop_frames(capture, preset("cpu-small"))
+    centres = [g.centre_xyz for g in crops.geometries]
+    assert len(centres) == 5 and np.array_equal(centres[1], centres[0]) and not np.array_equal(centres[2], centres[0])
     # A frame that cannot be read is an error naming it, not a frame passed over.
     (cap / "3.png").write_bytes(b"not a png")
     with pytest.raises(CaptureError, match="3.png: cannot decode image"):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -515,14 +516,39 @@ class FrameCrops:
     frames: list[int]
 
 
+def detected_centres(capture: Capture, frames: list[int]) -> np.ndarray:
+    """(len(frames), 3) detected hand centres. A frame in which no hand is found keeps the centre
+    of the nearest earlier frame that has one (the first later one at the start), as a tracker
+    keeps its last position: every frame still gets a prediction, and a warning says how many."""
+    found: dict[int, np.ndarray] = {}
+    for i in frames:
+        try:
+            found[i] = capture.locate(i).centre_uvd
+        except NoHandError:
+            continue
+    if not found:
+        raise DataError(f"{capture.root}: no frame shows a detectable hand")
+    missing = [i for i in frames if i not in found]
+    if missing:
+        warnings.warn(f"{capture.root}: no hand found in {len(missing)} of {len(frames)} frames "
+                      f"({capture.frames[missing[0]].name}, ...); cropped at a neighbour's centre", stacklevel=2)
+    located = sorted(found)
+    centres = []
+    for i in frames:
+        k = int(np.searchsorted(located, i, side="right")) - 1
+        centres.append(found[located[max(k, 0)]])
+    return np.stack(centres)
+
+
 def crop_frames(capture: Capture, config: TrainConfig, frames: list[int] | None = None,
                 centres_uvd: np.ndarray | None = None) -> FrameCrops:
     """Unaugmented crops of real frames around given centres or, by default, the detected hands."""
     frames = list(range(len(capture))) if frames is None else frames
+    if centres_uvd is None:
+        centres_uvd = detected_centres(capture, frames)
     images, geos = [], []
     for j, i in enumerate(frames):
-        centre = capture.locate(i).centre_uvd if centres_uvd is None else centres_uvd[j]
-        crop = real_crop(capture, i, config, AugmentParams(), centre)
+        crop = real_crop(capture, i, config, AugmentParams(), centres_uvd[j])
         images.append(crop.image[None])
         geos.append(crop.geometry)
     return FrameCrops(torch.from_numpy(np.stack(images)), geos, frames)
