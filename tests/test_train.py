@@ -310,8 +310,10 @@ def test_config_and_schedule():
     assert (c.lr, c.weight_decay, c.batch_size) == (3.3e-4, 1e-3, 64)
     assert (c.w_pose_real, c.w_embedding, c.w_view, c.w_adversarial) == (1.0, 0.2, 1e-4, 1e-5)
     e = c.epoch_steps
-    assert lr_multiplier(c, 0) == pytest.approx(0.1089) and lr_multiplier(c, 2 * e) == pytest.approx(0.33)
-    assert lr_multiplier(c, 10 * e) == pytest.approx(np.exp(-0.4))
+    # The public code's epochs count from 1: one epoch at 0.109, two at 0.33, then exp(-0.04 e).
+    first = [lr_multiplier(c, k * e) for k in range(5)]
+    assert first == pytest.approx([0.1089, 0.33, 0.33, np.exp(-0.16), np.exp(-0.2)])
+    assert lr_multiplier(c, e - 1) == pytest.approx(0.1089) and lr_multiplier(c, 9 * e) == pytest.approx(np.exp(-0.4))
     assert lr_multiplier(c, c.pretrain_steps) == pytest.approx(0.1089)   # restarts for the main phase
     cos = TrainConfig(lr_schedule="cosine", pretrain_steps=100, steps=300)
     assert [lr_multiplier(cos, s) for s in (0, 50, 100, 200, 300)] == pytest.approx([1.0, 0.5, 1.0, 0.5, 0.0])

@@ -5,8 +5,9 @@ decay 1e-3, batch 64 made of one third each synthetic frames, labelled real fram
 synthetic twins and unlabeled real frames; loss weights 1.0 (real pose), 0.2 (embedding pairs),
 1e-4 (view prediction), 1e-5 (adversarial); 150 "epochs" of synthetic pre-training, then 120
 epochs of the full loss, an epoch being one pass over NYU's 72,757 training frames (1,137 steps);
-the learning-rate multiplier per epoch e of a phase is 0.33^max(0, 2 - e//2) for e < 4 and
-exp(-0.04 e) after (the public code's warm-up and decay); augmentation by in-plane rotation
+the learning-rate multiplier of epoch e = 1, 2, ... of a phase is 0.33^max(0, 2 - e//2) for
+e < 4 and exp(-0.04 e) after (the public code's warm-up and decay: 0.109 for one epoch, 0.33 for
+two, then exp(-0.04 e)); augmentation by in-plane rotation
 (+-60 deg), centre jitter (sigma 5 mm) and depth noise (sigma 5 mm).
 
 The "cpu-small" preset keeps every code path but shrinks crops and networks so that a few steps
@@ -208,5 +209,7 @@ def lr_multiplier(config: TrainConfig, step: int) -> float:
     if config.lr_schedule == "cosine":
         length = max(config.steps - config.pretrain_steps if phase_start else config.pretrain_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * min((step - phase_start) / length, 1.0)))
-    epoch = (step - phase_start) // config.epoch_steps
+    # The public code steps its scheduler at the start of every epoch, counting from 1: the first
+    # epoch of a phase runs at the factor of epoch 1.
+    epoch = (step - phase_start) // config.epoch_steps + 1
     return 0.33 ** max(0, 2 - epoch // 2) if epoch < 4 else math.exp(-0.04 * epoch)
