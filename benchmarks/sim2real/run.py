@@ -21,10 +21,12 @@ Rows whose run folder already holds a result of the same command and settings ar
 again: an interrupted table resumes (and an interrupted run inside it resumes from its
 checkpoint). A result of other settings is handed back to train-mapping, which resumes the run
 where its resume rules allow the change and otherwise refuses the folder, so a table never mixes
-settings. Writes the "sim2real <preset>"
-section of docs/benchmarks.md, docs/sim2real_curves.png, docs/sim2real_real_frames.png
-(predictions of every model on the real frames in ../shared/real_samples: the stand-in must not
-hide a failure on real sensors) and docs/simgan_refined.png.
+settings.
+
+Writes the "sim2real <preset>" section of docs/benchmarks.md, docs/sim2real_curves.png,
+docs/sim2real_real_frames.png (predictions of every model on the real frames in
+SHARED/real_samples, ../shared by default: the stand-in must not hide a failure on real sensors)
+and docs/simgan_refined.png.
 """
 
 from __future__ import annotations
