@@ -9,8 +9,9 @@ each way docs/sim2real.md lists:
   consecutive frames for the test, training and unlabeled pools;
 * hands: shapes 2 to 3.5 standard deviations out in size and in two further shape directions
   (finger lengths, palm width, thickness), larger and smaller than the source's;
-* sensor: the Kinect v1 model as four devices whose parameters are drawn (per seed) around the NYU
-  calibration, plus holes stamped into the hand with the shapes and rates measured on the real captures;
+* sensor: the Kinect v1 model as four devices whose parameters are drawn (per seed) around the
+  NYU calibration, plus holes stamped into the hand with the shapes and rates measured on the
+  real captures;
 * scene: a long forearm, a torso 10 to 40 cm behind the hand, sometimes a table and a wall
   (render.scene), rendered as full 640x480 frames so that localisation and cropping are exercised;
 * a rig: the unlabeled frames are also filmed by a second Kinect at the side (NYU's camera 3), fixed
