@@ -13,7 +13,6 @@ section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from report import machine, write_section  # noqa: E402
 from training.config import TrainConfig, preset  # noqa: E402
 from training.data import Parts, batch_size_of, open_sources, train_loader  # noqa: E402
 from training.methods import REGISTRY, method_class  # noqa: E402
+from training.curves import read_metrics  # noqa: E402
 from training.train import train  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -105,7 +105,7 @@ def train_rate(config: TrainConfig, warmup: int) -> dict:
     try:
         with GpuSampler() as gpu:
             summary = train(config, out, progress=False)
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(out / "metrics.jsonl")
     finally:
         shutil.rmtree(out, ignore_errors=True)
     measured = [r for r in records if "samples_per_s" in r and r["step"] > warmup]

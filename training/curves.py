@@ -13,6 +13,17 @@ PANELS = (
 )
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl that parse (a crash can leave the last line torn)."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def plot_run(run: str | Path, path: str | Path, title: str | None = None) -> None:
     """Write the curves of run folder `run` to `path` (temporary name, then rename)."""
     import matplotlib
@@ -21,7 +32,7 @@ def plot_run(run: str | Path, path: str | Path, title: str | None = None) -> Non
     import matplotlib.pyplot as plt
 
     run, path = Path(run), Path(path)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if "train/loss" in r]
     evals = [r for r in records if "eval_mean_error_mm" in r]
     config = json.loads((run / "config.json").read_text())

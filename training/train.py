@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from training.captures import CaptureError
 from training.config import ConfigError, TrainConfig, lr_multiplier
+from training.curves import read_metrics
 from training.data import DataError, Parts, batch_size_of, crop_frames, eval_frames, open_sources, train_loader
 from training.evaluate import evaluate_uvd
 from training.methods import Method, build, method_class
@@ -90,22 +91,11 @@ def _check_resume(config: TrainConfig, saved: dict, path: Path) -> None:
                             f"use a new --out folder or the same settings")
 
 
-def _records(path: Path) -> list[dict]:
-    """The metric lines that parse (a crash can leave the last one torn)."""
-    records = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
-
-
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint a resumed run continues from."""
     if not path.exists():
         return
-    keep = [json.dumps(r) for r in _records(path) if r.get("step", math.inf) <= step]
+    keep = [json.dumps(r) for r in read_metrics(path) if r.get("step", math.inf) <= step]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
@@ -401,7 +391,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
 
 def _last_record(path: Path, key: str) -> dict:
     """The last metrics line that has `key`."""
-    return next((r for r in reversed(_records(path)) if key in r), {})
+    return next((r for r in reversed(read_metrics(path)) if key in r), {})
 
 
 __all__ = ["train", "load_checkpoint", "TrainingError", "ConfigError"]
