@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from render.jsonfile import read_json_object
 
@@ -71,8 +71,12 @@ def encode_depth_png(depth_mm: np.ndarray) -> bytes:
 
 
 def decode_depth_png(data: bytes) -> np.ndarray:
-    """16-bit grayscale PNG bytes -> uint16 (h, w) millimetres."""
-    with Image.open(io.BytesIO(data)) as img:
+    """16-bit grayscale PNG bytes -> uint16 (h, w) millimetres; ValueError or OSError when they are not one."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError("not an image") from None
+    with img:
         if img.mode not in ("I;16", "I"):
             raise ValueError(f"expected a 16-bit grayscale PNG, got mode {img.mode}")
         return np.asarray(img, dtype=np.uint16) if img.mode == "I;16" else np.asarray(img).astype(np.uint16)

@@ -272,6 +272,26 @@ def test_bad_inputs_give_one_clear_line(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{shard}: " in err and "Traceback" not in err, err
 
+    # An intact tar holding one sample whose depth PNG is garbage: one line naming shard and sample.
+    import io
+    import tarfile
+    shard.write_bytes(sorted(data["synthetic"].glob("shard-*.tar"))[0].read_bytes())
+    members = []
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            members.append((member, tar.extractfile(member).read()))
+    with tarfile.open(shard, "w") as tar:
+        for member, payload in members:
+            if member.name.endswith(".depth.png"):
+                payload = b"garbage" * 10
+                member.size = len(payload)
+            tar.addfile(member, io.BytesIO(payload))
+    keys = {Path(member.name).name.split(".")[0] for member, _ in members}
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert any(f"{shard}: {key}: cannot decode depth.png (ValueError: not an image)" in err for key in keys), err
+
 
 def test_resume_after_a_torn_metrics_line(data, tmp_path):
     """A crash mid-write leaves half a metrics line: the resumed run drops it and goes on."""

@@ -129,10 +129,31 @@ def labeled_frames(capture: Capture, n: int, joints: str, labels_file: str = "")
 
 
 @dataclass(frozen=True)
-class Pairs:
-    """Raw synthetic twins grouped by the labelled frame they show: twins[k] = [files, ...]."""
+class ShardSample:
+    """One sample's undecoded files, and where they came from: samples are decoded in loader
+    workers, and one that fails to decode must be named there."""
 
-    twins: tuple[tuple[dict[str, bytes], ...], ...]
+    where: str                # "shard.tar: key"
+    files: dict[str, bytes]   # extension -> bytes, as render.shards.iter_shard groups them
+
+    def label(self) -> dict:
+        try:
+            return json.loads(self.files["json"])
+        except (KeyError, ValueError) as err:
+            raise DataError(f"{self.where}: cannot read the sample's json ({type(err).__name__}: {err})") from None
+
+    def depth(self, name: str) -> np.ndarray:
+        try:
+            return decode_depth_png(self.files[name])
+        except (KeyError, ValueError, OSError) as err:
+            raise DataError(f"{self.where}: cannot decode {name} ({type(err).__name__}: {err})") from None
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Raw synthetic twins grouped by the labelled frame they show: twins[k] = [sample, ...]."""
+
+    twins: tuple[tuple[ShardSample, ...], ...]
 
 
 def open_pairs(root: str | Path, n_labeled: int) -> Pairs:
@@ -155,12 +176,12 @@ def open_pairs(root: str | Path, n_labeled: int) -> Pairs:
     if n_poses < n_labeled:
         raise DataError(f"{shards.root}: rendered from {n_poses} poses but {n_labeled} labelled frames "
                         f"need a twin each")
-    groups: list[list[dict[str, bytes]]] = [[] for _ in range(n_labeled)]
+    groups: list[list[ShardSample]] = [[] for _ in range(n_labeled)]
     for path, _ in shards.shards:
-        for files in read_shard(path):
-            k = int(json.loads(files["json"])["index"]) % n_poses
+        for sample in read_shard(path):
+            k = int(sample.label()["index"]) % n_poses
             if k < n_labeled:
-                groups[k].append(files)
+                groups[k].append(sample)
     empty = [k for k, g in enumerate(groups) if not g]
     if empty:
         raise DataError(f"{shards.root}: no twin for labelled frame(s) {empty[:5]} (render at least "
@@ -221,11 +242,10 @@ def _augmentation(config: TrainConfig) -> Augmentation:
                         config.aug_depth_noise_mm)
 
 
-def read_shard(path: str | Path) -> list[dict[str, bytes]]:
-    """Every sample of one shard, as render.shards.iter_shard groups them; a damaged tar is a
-    DataError that names it."""
+def read_shard(path: str | Path) -> list[ShardSample]:
+    """Every sample of one shard, undecoded; a damaged tar is a DataError that names it."""
     try:
-        return [files for _, files in iter_shard(path)]
+        return [ShardSample(f"{path}: {key}", files) for key, files in iter_shard(path)]
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read the shard ({err})") from None
 
@@ -234,18 +254,18 @@ def _crop_config(config: TrainConfig) -> CropConfig:
     return CropConfig(config.cube_mm, config.crop_size)
 
 
-def synthetic_item(files: dict[str, bytes], config: TrainConfig, augment: AugmentParams,
+def synthetic_item(shard_sample: ShardSample, config: TrainConfig, augment: AugmentParams,
                    with_view: bool) -> dict[str, np.ndarray]:
     # Decode only the PNGs used (render.shards.decode_sample would decode every view).
-    sample = json.loads(files["json"])
-    sample["depth"] = decode_depth_png(files["depth.png"])
+    sample = shard_sample.label()
+    sample["depth"] = shard_sample.depth("depth.png")
     crop = crop_shard_sample(sample, _crop_config(config), augment, config.joints)
     item = {"image": crop.image[None], "pose": crop.labels.reshape(-1),
             "centre_m": (crop.geometry.centre_xyz / 1000.0).astype(np.float32)}
     if with_view:
         view = next(v for v in sample["views"] if int(v["view"]) == config.view_target)
         other = {"intrinsics": sample["intrinsics"], "nyu14_uvd": view["nyu14_uvd"], "joints_uvd": view["joints_uvd"],
-                 "depth": decode_depth_png(files[f"depth.view{config.view_target}.png"]),
+                 "depth": shard_sample.depth(f"depth.view{config.view_target}.png"),
                  "crop_origin": view["crop_origin"]}
         item["view"] = crop_shard_sample(other, _crop_config(config), AugmentParams(), config.joints).image[None]
     return item
@@ -379,7 +399,7 @@ class ShardOrder:
         perm = np.random.default_rng([self.seed, ORDER, SYNTHETIC, epoch]).permutation(len(self.shards.shards))
         return [int(i) for i in perm[self.slot::self.slots]]
 
-    def items(self, skip: int) -> Iterator[dict[str, bytes]]:
+    def items(self, skip: int) -> Iterator[ShardSample]:
         epoch = 0
         while True:
             for shard in self._mine(epoch):
