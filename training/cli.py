@@ -86,14 +86,14 @@ def _predict(argv: list[str]) -> int:
     args = _predict_parser().parse_args(argv)
     import torch
 
-    from training.predict import load_model, predict_capture, write_uvd
+    from training.predict import frame_centres, load_model, predict_capture, write_uvd
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise TrainingError("--device cuda: torch sees no CUDA device")
         device = torch.device(args.device)
         method, config = load_model(args.checkpoint, device)
         capture = load_capture(args.real)
-        uvd = predict_capture(method, config, capture, args.centre, device)
+        uvd = predict_capture(method, config, capture, frame_centres(capture, args.centre), device)
         write_uvd(args.out, uvd)
     except ERRORS as err:
         print(f"train-mapping predict: error: {err}", file=sys.stderr)

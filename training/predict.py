@@ -2,7 +2,7 @@
 
 One line per frame, `u v d` per joint (pixels, pixels, mm) in the capture's own images (left
 hands are mirrored back). Frames are cropped around the detected hand, as they would be for a
-capture nobody labelled; `centre="labels"` crops around the labelled palm centre instead (the
+capture nobody labelled; `frame_centres(capture, "labels")` gives the labelled palm centres instead (the
 protocol of papers that use ground-truth centres).
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from training.captures import Capture, mirror_uvd
 from training.config import TrainConfig
-from training.data import DataError, crop_frames
+from training.data import DataError, crop_frames, detected_centres
 from training.localize import centre_from_labels
 from training.methods import Method, build
 from training.train import TrainingError, load_checkpoint
@@ -34,16 +34,22 @@ def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu"
     return method.to(device).eval(), config
 
 
-@torch.no_grad()
-def predict_capture(method: Method, config: TrainConfig, capture: Capture, centre: str = "detect",
-                    device: torch.device = torch.device("cpu"), batch: int = 64) -> np.ndarray:
-    """(frames, joints, 3) uvd in the capture's original images."""
-    centres = None
+def frame_centres(capture: Capture, centre: str = "detect") -> np.ndarray:
+    """Crop centre of every frame: the detected hand, or the labelled palm centre. Detection costs
+    more than a small network's forward pass, so a caller scoring many models computes it once."""
     if centre == "labels":
         if capture.labels_uvd is None:
             raise DataError(f"{capture.root}: --centre labels needs a labelled capture")
-        centres = centre_from_labels(capture.labels_uvd, capture.label_joints, capture.intrinsics)
-    crops = crop_frames(capture, config, centres_uvd=centres)
+        return centre_from_labels(capture.labels_uvd, capture.label_joints, capture.intrinsics)
+    return detected_centres(capture, list(range(len(capture))))
+
+
+@torch.no_grad()
+def predict_capture(method: Method, config: TrainConfig, capture: Capture, centres_uvd: np.ndarray,
+                    device: torch.device = torch.device("cpu"), batch: int = 64) -> np.ndarray:
+    """(frames, joints, 3) uvd in the capture's original images, from crops around `centres_uvd`
+    (frame_centres)."""
+    crops = crop_frames(capture, config, centres_uvd=centres_uvd)
     out = torch.cat([method.predict_real(x.to(device)).float().cpu() for x in crops.images.split(batch)]).numpy()
     uvd = np.stack([g.to_uvd(p) for g, p in zip(crops.geometries, out)])
     return mirror_uvd(uvd, capture.intrinsics.width) if capture.mirrored else uvd

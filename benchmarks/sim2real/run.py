@@ -39,6 +39,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -150,23 +151,45 @@ def upper_bound(rows: list[Row]) -> Row:
 
 
 # --- running and scoring -----------------------------------------------------------------------
-def evaluate_run(row: Row, test: Path, samples: dict[str, Path]) -> dict:
+class Scoring:
+    """The frames every model is scored on, with their crop centres: detection costs more than a
+    small model's forward pass, so it runs once per capture (when the first row is scored), not per row."""
+
+    def __init__(self, test: Path, samples: dict[str, Path]) -> None:
+        self.test_folder, self.samples = test, samples
+
+    @cached_property
+    def test(self):
+        """target_test, its detected-hand centres and its labelled palm centres."""
+        from training.captures import load_capture
+        from training.predict import frame_centres
+
+        capture = load_capture(self.test_folder)
+        return capture, frame_centres(capture), frame_centres(capture, "labels")
+
+    @cached_property
+    def real(self) -> dict:
+        """Each real sample capture with its detected-hand centres."""
+        from training.captures import load_capture
+        from training.predict import frame_centres
+
+        return {name: (c, frame_centres(c)) for name, c in
+                ((name, load_capture(folder)) for name, folder in self.samples.items())}
+
+
+def evaluate_run(row: Row, scoring: Scoring) -> dict:
     """Predict target_test with the run's checkpoint and score it; also predictions on the real
     sample frames (uvd per frame) for the overlays."""
-    from training.captures import load_capture
     from training.evaluate import evaluate_uvd
     from training.predict import load_model, predict_capture
 
     method, config = load_model(row.run / "checkpoint.pt")
-    capture = load_capture(test)
-    pred = predict_capture(method, config, capture)
-    result = evaluate_uvd(pred, capture.labels_uvd, capture.intrinsics)
+    capture, detected, palm_centres = scoring.test
+    result = evaluate_uvd(predict_capture(method, config, capture, detected), capture.labels_uvd, capture.intrinsics)
     # The protocol of the published numbers: crops around the labelled palm centre.
-    palm = evaluate_uvd(predict_capture(method, config, capture, centre="labels"), capture.labels_uvd,
+    palm = evaluate_uvd(predict_capture(method, config, capture, palm_centres), capture.labels_uvd,
                         capture.intrinsics)
-    real = {}
-    for name, folder in samples.items():
-        real[name] = predict_capture(method, config, load_capture(folder)).tolist()
+    real = {name: predict_capture(method, config, c, centres).tolist() for name, (c, centres) in scoring.real.items()}
     return {"label": row.label, "method": row.method, "n": row.n, "command": row.command,
             "mean_error_mm": result.mean_error_mm, "palm_centred_error_mm": palm.mean_error_mm, "frames": result.frames,
             "thresholds_mm": list(result.thresholds_mm), "fraction_within": list(result.fraction_within),
@@ -182,7 +205,7 @@ def real_sample_captures(shared: Path) -> dict[str, Path]:
     return {k: v for k, v in folders.items() if (v / "capture.json").is_file()}
 
 
-def run_row(row: Row, test: Path, settings: dict, samples: dict[str, Path]) -> dict:
+def run_row(row: Row, scoring: Scoring, settings: dict) -> dict:
     """The row's result: read back when it was scored from a run of this command and settings (and
     has every score this runner gives), else trained or resumed by train-mapping and scored."""
     from training.cli import main as train_mapping
@@ -191,7 +214,7 @@ def run_row(row: Row, test: Path, settings: dict, samples: dict[str, Path]) -> d
     if done.exists():
         result = json.loads(done.read_text())
         if (result.get("command") == row.command and result.get("settings") == settings
-                and "palm_centred_error_mm" in result and set(samples) <= set(result["real_samples_uvd"])):
+                and "palm_centred_error_mm" in result and set(scoring.samples) <= set(result["real_samples_uvd"])):
             return result
     # A finished run of these settings returns at once (and keeps its clock); other settings are
     # resumed or refused by train-mapping's own check.
@@ -199,7 +222,7 @@ def run_row(row: Row, test: Path, settings: dict, samples: dict[str, Path]) -> d
         raise BenchmarkError(f"{row.run}: {row.command} failed (its error is above)")
     # The run's own clock (its last training invocation), so a row trained earlier keeps its time.
     seconds = json.loads((row.run / "summary.json").read_text())["seconds"]
-    result = {**evaluate_run(row, test, samples), "settings": settings, "train_seconds": seconds}
+    result = {**evaluate_run(row, scoring), "settings": settings, "train_seconds": seconds}
     tmp = done.with_name(done.name + ".tmp")
     tmp.write_text(json.dumps(result) + "\n")
     os.replace(tmp, done)
@@ -434,12 +457,13 @@ def main(argv: list[str] | None = None) -> int:
     if not samples:
         print(f"sim2real: note: no real sample captures under {args.shared / 'real_samples'}; the table has no "
               f"real-sensor overlays", file=sys.stderr)
+    scoring = Scoring(args.data / "target_test", samples)
     t0 = time.perf_counter()
     results = []
     for i, row in enumerate(rows, 1):
         print(f"[{i}/{len(rows)}] {row.label}, seed {row.seed}: {row.command}", flush=True)
         try:
-            result = run_row(row, args.data / "target_test", settings, samples)
+            result = run_row(row, scoring, settings)
         except BenchmarkError as err:
             print(f"sim2real: error: {err}", file=sys.stderr)
             return 2
