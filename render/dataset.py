@@ -7,7 +7,7 @@ Randomness (the reproducibility contract, recorded in the manifest as `rng`):
 * everything else of sample i (forearm, placement) uses np.random.default_rng([seed, i, 1]) and
   its sensor artefacts np.random.default_rng([seed, i, 2]).
 Meshes are posed and rendered in fixed chunks aligned to the blocks, so the bytes of sample i
-depend on (seed, i) and the configuration only: not on --workers, --shard-size or slicing.
+depend on (seed, i) and the configuration only: not on --n, --workers, --shard-size or slicing.
 
 Placement: the palm centre is put at a depth drawn uniformly from the configured range (NYU's
 captures: ~500 to 1100 mm) and at a pixel drawn uniformly over the part of the frame where the
@@ -297,14 +297,13 @@ class Synthesizer:
         """Yield (key, files) for samples start..stop-1.
 
         Meshes are posed and rendered in chunks of CHUNK samples aligned to multiples of CHUNK,
-        always whole (parts outside start..stop are computed and dropped), so that batched
-        float arithmetic and atlas packing, hence the bytes of every sample, do not depend on
-        where a shard or a slice starts.
+        always whole (parts outside start..stop, even beyond --n, are computed and dropped), so
+        that batched float arithmetic and atlas packing, hence the bytes of every sample, do not
+        depend on where a shard or a slice starts or on --n.
         """
         first = start // CHUNK * CHUNK
         for lo in range(first, stop, CHUNK):
-            hi = min(lo + CHUNK, self.config.n)
-            posed = self.pose_chunk(lo, hi)
+            posed = self.pose_chunk(lo, lo + CHUNK)
             for p, d in zip(posed, self.render_chunk(posed)):
                 if start <= p.index < stop:
                     yield self.encode(p, d)
