@@ -273,6 +273,9 @@ def merge(out: Path, sources: list[Path]) -> dict:
     """
     out = Path(out)
     slices = []
+    for folder in [Path(s) for s in sources]:
+        if not folder.is_dir():
+            raise JobError(f"{folder}: no such folder")
     for folder in [out] + [Path(s) for s in sources]:
         for path in sorted(folder.glob("manifest.slice-*-of-*.json")):
             try:
@@ -297,17 +300,24 @@ def merge(out: Path, sources: list[Path]) -> dict:
     missing = sorted(set(range(count)) - set(seen))
     if missing:
         raise JobError(f"{out}: slices {', '.join(map(str, missing))} of {count} have no manifest yet")
-    records = []
+    # Every shard is checked before any is moved, so a refused merge changes nothing; a shard an
+    # interrupted merge already moved is found in `out`, so running the merge again finishes it.
+    records, moves = [], []
     for index in range(count):
         folder, m = seen[index]
         for rec in m["shards"]:
             src = folder / rec["name"]
+            if not src.is_file() and folder.resolve() != out.resolve():
+                src = out / rec["name"]
             if not src.is_file() or sha256_file(src) != rec["sha256"]:
-                raise JobError(f"{src}: missing or its sha256 differs from the slice manifest")
-            if folder.resolve() != out.resolve():
-                out.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(src), out / rec["name"])
+                raise JobError(f"{folder / rec['name']}: missing or its sha256 differs from the slice manifest")
+            if src.parent.resolve() != out.resolve():
+                moves.append((src, out / rec["name"]))
             records.append(rec)
+    if moves:
+        out.mkdir(parents=True, exist_ok=True)
+    for src, dst in moves:
+        shutil.move(str(src), dst)
     manifest = {k: v for k, v in first.items() if k != "slice"}
     manifest["shards"] = records
     manifest["count"] = sum(r["count"] for r in records)

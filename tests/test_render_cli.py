@@ -151,6 +151,22 @@ def test_slices_merge_into_the_whole_dataset(reference, tmp_path):
     assert len(list(iter_samples(shared, verify=True))) == 40
 
 
+def test_a_refused_merge_moves_nothing(reference, tmp_path, capsys):
+    out, one, two = tmp_path / "out", tmp_path / "one", tmp_path / "two"
+    for index, folder in enumerate((out, one, two)):
+        assert _run(folder, "--shard-index", str(index), "--num-shards", "3") == 0
+    good = (two / "shard-000002.tar").read_bytes()
+    (two / "shard-000002.tar").write_bytes(good[:1000])
+    assert main(["merge", str(out), str(one), str(two)]) == 2
+    assert "shard-000002.tar: missing or its sha256 differs" in capsys.readouterr().err
+    assert (one / "shard-000001.tar").is_file() and not (out / "shard-000001.tar").exists()
+    assert main(["merge", str(out), str(one), str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such folder" in capsys.readouterr().err
+    (two / "shard-000002.tar").write_bytes(good)
+    assert main(["merge", str(out), str(one), str(two)]) == 0
+    assert _hashes(out) == _hashes(reference)
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "dry"
     assert _run(out, "--dry-run", "--views", "3") == 0
