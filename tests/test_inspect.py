@@ -103,6 +103,23 @@ def test_joints_outside_image_and_bad_label_shape(copy, tmp_path, capsys):
     assert "shard-000000.tar:000000001: nyu14_uvd has shape (13, 3)" in err
 
 
+def test_labels_of_the_wrong_type_are_named(copy, tmp_path, capsys):
+    def mistype(key, files):
+        label = json.loads(files["json"])
+        if key.endswith("0"):
+            label["nyu14_uvd"] = "x"
+        if key.endswith("1"):
+            label["intrinsics"] = "nyu"
+        files["json"] = json.dumps([1, 2, 3] if key.endswith("2") else label).encode()
+
+    _rewrite(copy, "shard-000000.tar", mistype)
+    rc, _, err = _run(capsys, copy, "--out", tmp_path / "p")
+    assert rc == 1 and "Traceback" not in err
+    assert "shard-000000.tar:000000000.json: malformed label (ValueError: could not convert" in err
+    assert "shard-000000.tar:000000001.json: malformed label (ValueError: " in err
+    assert "shard-000000.tar:000000002.json: not a JSON object" in err
+
+
 def test_counts_missing_and_truncated_shards(copy, tmp_path, capsys):
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["count"] += 1

@@ -272,25 +272,31 @@ def test_bad_inputs_give_one_clear_line(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{shard}: " in err and "Traceback" not in err, err
 
-    # An intact tar holding one sample whose depth PNG is garbage: one line naming shard and sample.
+    # Intact tars whose samples do not decode, or decode to a label missing its fields: one line
+    # naming shard and sample.
+    for suffix, payload, message in ((".depth.png", b"garbage" * 10, "cannot decode depth.png (ValueError: not an image)"),
+                                     (".json", b'{"a": 1}', "malformed sample (KeyError: ")):
+        keys = _replace_members(sorted(data["synthetic"].glob("shard-*.tar"))[0], shard, suffix, payload)
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert any(f"{shard}: {key}: {message}" in err for key in keys), err
+
+
+def _replace_members(src: Path, dst: Path, suffix: str, payload: bytes) -> set[str]:
+    """Copy shard `src` to `dst` with every member ending in `suffix` replaced by `payload`; the keys."""
     import io
     import tarfile
-    shard.write_bytes(sorted(data["synthetic"].glob("shard-*.tar"))[0].read_bytes())
-    members = []
-    with tarfile.open(shard) as tar:
-        for member in tar:
-            members.append((member, tar.extractfile(member).read()))
-    with tarfile.open(shard, "w") as tar:
-        for member, payload in members:
-            if member.name.endswith(".depth.png"):
-                payload = b"garbage" * 10
-                member.size = len(payload)
-            tar.addfile(member, io.BytesIO(payload))
-    keys = {Path(member.name).name.split(".")[0] for member, _ in members}
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert any(f"{shard}: {key}: cannot decode depth.png (ValueError: not an image)" in err for key in keys), err
+
+    with tarfile.open(src) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(dst, "w") as tar:
+        for member, data in members:
+            if member.name.endswith(suffix):
+                data = payload
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return {Path(m.name).name.split(".")[0] for m, _ in members}
 
 
 def test_resume_after_a_torn_metrics_line(data, tmp_path):

@@ -259,15 +259,19 @@ def synthetic_item(shard_sample: ShardSample, config: TrainConfig, augment: Augm
     # Decode only the PNGs used (render.shards.decode_sample would decode every view).
     sample = shard_sample.label()
     sample["depth"] = shard_sample.depth("depth.png")
-    crop = crop_shard_sample(sample, _crop_config(config), augment, config.joints)
-    item = {"image": crop.image[None], "pose": crop.labels.reshape(-1),
-            "centre_m": (crop.geometry.centre_xyz / 1000.0).astype(np.float32)}
-    if with_view:
-        view = next(v for v in sample["views"] if int(v["view"]) == config.view_target)
-        other = {"intrinsics": sample["intrinsics"], "nyu14_uvd": view["nyu14_uvd"], "joints_uvd": view["joints_uvd"],
-                 "depth": shard_sample.depth(f"depth.view{config.view_target}.png"),
-                 "crop_origin": view["crop_origin"]}
-        item["view"] = crop_shard_sample(other, _crop_config(config), AugmentParams(), config.joints).image[None]
+    view_depth = shard_sample.depth(f"depth.view{config.view_target}.png") if with_view else None
+    try:
+        crop = crop_shard_sample(sample, _crop_config(config), augment, config.joints)
+        item = {"image": crop.image[None], "pose": crop.labels.reshape(-1),
+                "centre_m": (crop.geometry.centre_xyz / 1000.0).astype(np.float32)}
+        if with_view:
+            view = next(v for v in sample["views"] if int(v["view"]) == config.view_target)
+            other = {"intrinsics": sample["intrinsics"], "nyu14_uvd": view["nyu14_uvd"],
+                     "joints_uvd": view["joints_uvd"], "depth": view_depth, "crop_origin": view["crop_origin"]}
+            item["view"] = crop_shard_sample(other, _crop_config(config), AugmentParams(), config.joints).image[None]
+    except (KeyError, TypeError, ValueError, IndexError, StopIteration) as err:
+        # A label that parses but lacks or mistypes a field (inspect-shards names which).
+        raise DataError(f"{shard_sample.where}: malformed sample ({type(err).__name__}: {err})") from None
     return item
 
 

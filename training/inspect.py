@@ -224,11 +224,23 @@ def _check_sample(where: str, files: dict[str, bytes], cam: Intrinsics, joints: 
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         report.problem(f"{where}.json: not JSON ({err})")
         return None
+    if not isinstance(label, dict):
+        report.problem(f"{where}.json: not a JSON object")
+        return None
     try:
         depth = decode_depth_png(files["depth.png"])
     except (OSError, SyntaxError, ValueError) as err:
         report.problem(f"{where}.depth.png: {err}")
         return None
+    try:
+        return _check_label_and_views(where, label, files, depth, cam, joints, report)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        report.problem(f"{where}.json: malformed label ({type(err).__name__}: {err})")
+        return None
+
+
+def _check_label_and_views(where: str, label: dict, files: dict[str, bytes], depth: np.ndarray, cam: Intrinsics,
+                           joints: int, report: Report) -> dict | None:
     if label.get("intrinsics") is not None and Intrinsics.from_dict(label["intrinsics"]) != cam:
         report.problem(f"{where}: intrinsics differ from the manifest")
         return None
