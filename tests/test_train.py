@@ -283,6 +283,31 @@ def test_bad_inputs_give_one_clear_line(data, tmp_path, capsys):
         assert any(f"{shard}: {key}: {message}" in err for key in keys), err
 
 
+def test_a_bad_real_frame_or_pairs_path_is_refused_before_training(data, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    capture = tmp_path / "capture"
+    shutil.copytree(data["real"][1], capture, ignore=shutil.ignore_patterns("side"))
+    meta = json.loads((capture / "capture.json").read_text())
+    meta.pop("views")
+    (capture / "capture.json").write_text(json.dumps(meta))
+    last = sorted(capture.glob("*.png"))[-1]
+    Image.fromarray(np.zeros((480, 640), np.uint8)).save(last)
+    args = _args(data, "synthetic-only", tmp_path / "run", _config(tmp_path), labeled=False)
+    args[args.index("--real") + 1:args.index("--method")] = [str(capture)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{last}: uint16 depth must be a 16-bit" in err, err
+    assert not (tmp_path / "run").exists()
+
+    args = _args(data, "supervised", tmp_path / "run", _config(tmp_path))
+    args[args.index("--pairs") + 1] = str(tmp_path / "no-pairs")
+    assert main(args) == 2
+    assert "no-pairs: shard folder does not exist" in capsys.readouterr().err
+
+
 def _replace_members(src: Path, dst: Path, suffix: str, payload: bytes) -> set[str]:
     """Copy shard `src` to `dst` with every member ending in `suffix` replaced by `payload`; the keys."""
     import io

@@ -114,6 +114,14 @@ class Capture:
         depth = raw.astype(np.float32) * np.float32(self.depth_scale_mm)
         return np.ascontiguousarray(depth[:, ::-1]) if self.mirrored else depth
 
+    def check_frames(self) -> None:
+        """Every frame of the capture and its views, by header (check_depth_header)."""
+        for path in self.frames:
+            check_depth_header(path, self.depth_encoding, self.intrinsics)
+        for view in self.views:
+            for path in view.frames:
+                check_depth_header(path, self.depth_encoding, view.intrinsics)
+
     def view(self, name: str) -> CaptureView | None:
         return next((v for v in self.views if v.name == name), None)
 
@@ -191,13 +199,39 @@ def read_depth_file(path: Path, encoding: str | None) -> np.ndarray:
             mode, arr = im.mode, np.asarray(im)
     except (OSError, SyntaxError, ValueError) as err:
         raise CaptureError(f"{path}: cannot decode image ({err})") from None
+    _check_mode(path, mode, encoding)
     if encoding == "nyu_rgb":
-        if mode != "RGB":
-            raise CaptureError(f"{path}: nyu_rgb depth must be an 8-bit RGB PNG, got mode {mode}")
         return arr[..., 1].astype(np.uint16) * 256 + arr[..., 2]
-    if mode not in ("I;16", "I;16B", "I;16L"):
-        raise CaptureError(f"{path}: uint16 depth must be a 16-bit single-channel PNG, got mode {mode}")
     return arr.astype(np.uint16)
+
+
+def _check_mode(path: Path, mode: str, encoding: str | None) -> None:
+    if encoding == "nyu_rgb" and mode != "RGB":
+        raise CaptureError(f"{path}: nyu_rgb depth must be an 8-bit RGB PNG, got mode {mode}")
+    if encoding != "nyu_rgb" and mode not in ("I;16", "I;16B", "I;16L"):
+        raise CaptureError(f"{path}: uint16 depth must be a 16-bit single-channel PNG, got mode {mode}")
+
+
+def check_depth_header(path: Path, encoding: str | None, cam: Intrinsics) -> None:
+    """Format, bit depth and size of a depth file from its header alone (about 0.1 ms, where
+    decoding costs 5): enough to refuse most bad files before hours of training reach them."""
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            shape, ok = arr.shape, np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+            if arr.ndim != 2 or not ok:
+                raise CaptureError(f"{path}: depth array must be 2D numbers, got {arr.dtype} {arr.shape}")
+        else:
+            with Image.open(path) as im:
+                _check_mode(path, im.mode, encoding)
+                shape = im.size[::-1]
+    except (OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, CaptureError):
+            raise
+        raise CaptureError(f"{path}: cannot read depth ({err})") from None
+    if tuple(shape) != (cam.height, cam.width):
+        raise CaptureError(f"{path}: image is {'x'.join(map(str, shape[::-1]))} but capture.json says "
+                           f"{cam.width}x{cam.height}")
 
 
 def _natural_key(path: Path) -> list:

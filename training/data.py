@@ -206,6 +206,8 @@ def open_sources(config: TrainConfig, parts: "Parts") -> Sources:
         raise DataError(f"{synthetic.root}: view prediction needs shards rendered with --views 3")
     try:
         captures = [load_capture(p) for p in config.real]
+        for capture in captures:
+            capture.check_frames()
     except CaptureError as err:
         raise DataError(str(err)) from None
     if (config.n_labeled or config.pairs) and not captures:
@@ -216,6 +218,8 @@ def open_sources(config: TrainConfig, parts: "Parts") -> Sources:
     pairs = None
     if config.pairs and labeled is not None and parts.pairs:
         pairs = open_pairs(config.pairs, config.n_labeled)
+    elif config.pairs:
+        open_shards(config.pairs)   # not read by this method, but a wrong path is still refused
     unlabeled = tuple((c, i) for c in captures for i in range(len(c))) if parts.unlabeled else ()
     name = VIEWS[config.view_target][0]
     real_view = name if parts.views and parts.unlabeled and any(c.view(name) for c in captures) else None
@@ -583,6 +587,7 @@ def eval_frames(config: TrainConfig, sources: Sources) -> tuple[Capture, list[in
     if config.eval:
         try:
             capture = load_capture(config.eval)
+            capture.check_frames()
         except CaptureError as err:
             raise DataError(str(err)) from None
         if capture.labels_uvd is None:
