@@ -6,14 +6,26 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from render.arguments import OneLineParser, non_negative_int, positive_int
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output that cannot be written before minutes of fitting, creating nothing."""
+    if out.is_dir():
+        raise ValueError(f"{out}: cannot write (a folder)")
+    if not out.parent.is_dir():
+        raise ValueError(f"{out}: cannot write ({out.parent} is not a folder)")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: cannot write (permission denied)")
 
 
 def _demo(args) -> None:
@@ -62,6 +74,7 @@ def _demo(args) -> None:
 
 def _fit(args) -> None:
     from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz
+    from training.evaluate import load_uvd
 
     from .fitting import fit
     from .model import HandModel
@@ -69,16 +82,9 @@ def _fit(args) -> None:
     from .prior import PosePrior
 
     cam = NYU_KINECT if args.camera == "nyu" else Intrinsics.from_json(args.camera)
-    joints = {"nyu14": 14, "21": 21}[args.joints]
-    try:
-        uvd = np.loadtxt(args.labels, ndmin=2)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{args.labels}: cannot read uvd labels ({err})") from None
-    if uvd.shape[1] != joints * 3:
-        raise ValueError(f"{args.labels}: {uvd.shape[1]} columns, {args.joints} labels need {joints * 3}")
-    if args.limit:
-        uvd = uvd[: args.limit]
-    xyz = uvd_to_xyz(uvd.reshape(len(uvd), joints, 3), cam) / 1000.0
+    uvd = load_uvd(args.labels, {"nyu14": 14, "21": 21}[args.joints])[: args.limit]
+    _check_writable(args.out)
+    xyz = uvd_to_xyz(uvd, cam) / 1000.0
     model = HandModel.load(args.hand_model)
     result = fit(model, PosePrior(model), xyz, args.joints, fit_shape=args.shape, steps=args.steps, progress=True)
     frame_mm = result.residual.mean(1) * 1000
@@ -93,21 +99,21 @@ def _fit(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hand-model", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="hand-model", description=__doc__.split("\n")[0])
     parser.add_argument("--hand-model", default="open", help='"open" (built-in) or a MANO .pkl/.npz path')
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="sample poses from the prior and draw them")
     demo.add_argument("--out", type=Path, default=Path("docs/hand_poses.png"))
-    demo.add_argument("--count", type=int, default=8)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--count", type=positive_int, default=8)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
     f = sub.add_parser("fit", help="fit poses to uvd joint labels (one frame per line)")
     f.add_argument("labels", type=Path)
     f.add_argument("--out", type=Path, required=True, help="pose library (.npz) to write")
     f.add_argument("--camera", default="nyu", help='"nyu" or a camera JSON {fx, fy, cx, cy, width, height}')
     f.add_argument("--joints", choices=["nyu14", "21"], default="nyu14")
     f.add_argument("--shape", action="store_true", help="fit shape coefficients too")
-    f.add_argument("--steps", type=int, default=300)
-    f.add_argument("--limit", type=int, default=0, help="fit only the first N frames")
+    f.add_argument("--steps", type=positive_int, default=300)
+    f.add_argument("--limit", type=positive_int, help="fit only the first N frames (default: all)")
     args = parser.parse_args(argv)
     try:
         {"demo": _demo, "fit": _fit}[args.command](args)

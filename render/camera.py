@@ -7,12 +7,25 @@ coordinates: x right, y down, z forward. NYU's own files use y up (y = (cy - v) 
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from render.jsonfile import read_json_object
+
+
+def _is_number(value: object) -> bool:
+    """A real number (numpy's included) that is finite as a float, not a bool: Python counts True
+    as 1, a camera file must not."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 @dataclass(frozen=True)
@@ -25,28 +38,30 @@ class Intrinsics:
     height: int
 
     def __post_init__(self) -> None:
-        for name in ("fx", "fy"):
+        """Refuse, never convert: "476", true (which float() reads as 1.0) or a width of 640.7 in a
+        camera file is a mistake to report, not a number to guess. An integral float size (640.0)
+        is the same size. Stores float focal lengths and centre, int size."""
+        for name in ("fx", "fy", "cx", "cy"):
             value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("cx", "cy"):
-            if not np.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+            if not (_is_number(value) and (value > 0 or name in ("cx", "cy"))):
+                kind = "a finite number" if name in ("cx", "cy") else "a positive number"
+                raise ValueError(f"intrinsics {name} must be {kind}, got {value!r}")
+            object.__setattr__(self, name, float(value))
         for name in ("width", "height"):
             value = getattr(self, name)
-            if int(value) != value or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if not (_is_number(value) and float(value).is_integer() and value > 0):
+                raise ValueError(f"intrinsics {name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
 
     @classmethod
     def from_dict(cls, data: dict) -> "Intrinsics":
+        """Every reader of camera JSON, capture.json and manifests comes here; ValueError if bad."""
+        if not isinstance(data, dict):
+            raise ValueError(f"intrinsics must be an object {{fx, fy, cx, cy, width, height}}, got {data!r}")
         missing = [k for k in ("fx", "fy", "cx", "cy", "width", "height") if k not in data]
         if missing:
             raise ValueError(f"intrinsics lack {', '.join(missing)}")
-        try:
-            return cls(float(data["fx"]), float(data["fy"]), float(data["cx"]), float(data["cy"]),
-                       int(data["width"]), int(data["height"]))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"bad intrinsics: {err}") from None
+        return cls(data["fx"], data["fy"], data["cx"], data["cy"], data["width"], data["height"])
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Intrinsics":

