@@ -213,8 +213,8 @@ class Synthesizer:
             if windows is not None:
                 break
         else:
-            raise RuntimeError(f"sample {index}: hand does not fit in the frame at "
-                               f"{lo:.0f}..{hi:.0f} mm after {PLACEMENT_TRIES} draws")
+            raise RuntimeError(f"{cfg.camera_source}: sample {index}'s hand does not fit in the camera's "
+                               f"{cam.width}x{cam.height} frame at {lo:.0f}..{hi:.0f} mm after {PLACEMENT_TRIES} draws")
         transl = centre - pivot
         pose_dict = {"hand_pose": _round(pose.hand_pose[0].reshape(-1), 6),
                      "betas": _round(pose.betas[0], 6),

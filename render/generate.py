@@ -114,7 +114,10 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
         raise JobError(f"{out}: exists and is not a directory")
     previous = existing_identity(out) if out.is_dir() else None
     if not overwrite and out.is_dir():
-        if previous is not None and previous != identity:
+        # A dataset begun but with no shard finished (its first run failed at once: a camera too
+        # small for the hand, say) holds nothing to lose, so a corrected command may replace it.
+        begun = bool(_owned(out) or list((out / STATE_DIR).glob("shard-*.json")))
+        if previous is not None and previous != identity and begun:
             changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
             why = ", ".join("code_checksum (render/ or hand_models/ changed since)" if k == "code_checksum" else k
                             for k in changed)
@@ -132,7 +135,7 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
         probe.unlink()
     except OSError as err:
         raise JobError(f"{out}: cannot write there ({err.strerror or err})") from None
-    if overwrite and previous != identity:
+    if previous != identity:   # --overwrite, or nothing of another dataset written yet (refused above)
         for path in _owned(out):
             path.unlink()
         shutil.rmtree(out / STATE_DIR, ignore_errors=True)

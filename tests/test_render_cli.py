@@ -167,6 +167,16 @@ def test_a_refused_merge_moves_nothing(reference, tmp_path, capsys):
     assert _hashes(out) == _hashes(reference)
 
 
+def test_a_camera_too_small_is_named_and_a_corrected_command_runs(tmp_path, capsys):
+    camera = tmp_path / "tiny.json"
+    camera.write_text(json.dumps({"fx": 588.0, "fy": 587.0, "cx": 32.0, "cy": 24.0, "width": 64, "height": 48}))
+    out = tmp_path / "data"
+    assert _run(out, "--camera", str(camera)) == 2
+    assert f"{camera}: sample 0's hand does not fit in the camera's 64x48 frame" in capsys.readouterr().err
+    assert _run(out) == 0   # nothing was rendered, so no --overwrite is needed
+    assert read_manifest(out)["count"] == 40
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "dry"
     assert _run(out, "--dry-run", "--views", "3") == 0
