@@ -134,3 +134,19 @@ def test_figures_are_written_whole_and_readable_by_others(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["curve.png"]          # no temporary file left
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "curve.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_unwritable_plot_gives_one_line_after_the_results(tmp_path, capsys):
+    """--plot in a missing folder, or onto a folder: the results are printed all the same, then one
+    error line naming the plot; non-zero exit, no temporary left."""
+    gt = _gt()
+    g, p = _write(tmp_path / "gt.txt", gt), _write(tmp_path / "pred.txt", gt + 1.0)
+    (tmp_path / "a-folder").mkdir()
+    for plot, reason in ((tmp_path / "nowhere" / "curve.png", "No such file or directory"),
+                         (tmp_path / "a-folder", "Is a directory")):
+        assert main(["--pred", str(p), "--gt", str(g), "--json", "--plot", str(plot)]) == 2
+        out, err = capsys.readouterr()
+        assert json.loads(out)["frames"] == 5
+        assert err == f"hand-eval: error: {plot}: cannot write ({reason})\n"
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["a-folder", "gt.txt", "pred.txt"]
+    assert not list((tmp_path / "a-folder").iterdir())

@@ -512,3 +512,47 @@ def test_unlabeled_frames_of_a_rig_come_with_their_view(data):
         geo = real_crop(capture, i, config, aug, centre).geometry
         np.testing.assert_allclose(item["centre_m"], geo.centre_xyz / 1000.0, rtol=1e-6)
     assert "view" not in unlabeled_item(items, 0, cache, aug, None)
+
+
+def test_unwritable_run_folder_is_refused_before_the_data_is_read(tmp_path, capsys):
+    """--out a file, or inside one: one line naming the folder; the data (here absent) is not
+    opened first, and nothing is written."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out, reason in ((blocker, "not a folder"), (blocker / "run", f"{blocker} is not a folder")):
+        assert main(["--synthetic", str(tmp_path / "no-shards"), "--real", str(tmp_path / "no-capture"),
+                     "--method", "synthetic-only", "--preset", "cpu-small", "--out", str(out), "--quiet"]) == 2
+        assert capsys.readouterr().err == f"train-mapping: error: {out}: cannot write ({reason})\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"] and blocker.read_text() == ""
+
+
+def test_unwritable_prediction_file_gives_one_line(data, tmp_path, capsys):
+    """predict --out in a missing folder, or onto a folder: one line naming it, no temporary left."""
+    run = tmp_path / "run"
+    assert main(_args(data, "synthetic-only", run, _config(tmp_path, steps=1, pretrain_steps=1), labeled=False)) == 0
+    (tmp_path / "a-folder").mkdir()
+    for out, reason in ((tmp_path / "nowhere" / "p.txt", "No such file or directory"),
+                        (tmp_path / "a-folder", "Is a directory")):
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--real", str(data["nyu"]),
+                     "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"train-mapping predict: error: {out}: cannot write ({reason})\n"
+    assert not list(tmp_path.glob(".*")) and not list((tmp_path / "a-folder").iterdir())
+
+
+def test_checkpoint_torch_refuses_gives_one_line_without_unsafe_advice(tmp_path, capsys, recwarn):
+    """A pickle of other objects, or a text file, as checkpoint: one line that says what is wrong;
+    not torch's advice to load with weights_only=False (that would run code from the file), and
+    no warning of torch's unpickler before it."""
+    import pickle
+
+    pickled, text = tmp_path / "pickled.pt", tmp_path / "notes.pt"
+    pickled.write_bytes(pickle.dumps({"step": 1}, protocol=4))
+    text.write_text("hello world\n")
+    for path, reason in ((pickled, "holds objects other than tensors"), (text, "not a file torch.save wrote")):
+        assert main(["predict", "--checkpoint", str(path), "--real", str(tmp_path),
+                     "--out", str(tmp_path / "p.txt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{path}: not a readable checkpoint" in err and reason in err, err
+        assert "weights_only" not in err
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

@@ -133,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train-mapping: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"train-mapping: interrupted; run the same command to resume from {args.out / 'checkpoint.pt'}",
-              file=sys.stderr)
+        checkpoint = args.out / "checkpoint.pt"
+        kept = f"run the same command to resume from {checkpoint}" if checkpoint.exists() \
+            else "no checkpoint was saved yet; running the same command starts over"
+        print(f"train-mapping: interrupted; {kept}", file=sys.stderr)
         return 130
     finally:
         import torch.distributed as dist

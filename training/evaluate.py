@@ -193,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         if names is None:
             names = next((n for n in JOINT_SETS.values() if len(n) == gt.shape[1]), None)
         result = evaluate_uvd(pred, gt, cam, y_up, names)
-        if args.plot:
-            plot_success_curve({args.pred.stem: result}, args.plot)
     except (EvalInputError, ValueError) as err:
         print(f"hand-eval: error: {err}", file=sys.stderr)
         return 2
@@ -209,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         for t in (10, 20, 30, 40, 50, 80):
             frac = np.interp(t, result.thresholds_mm, result.fraction_within)
             print(f"  frames with worst joint <= {t:2d} mm: {100 * frac:5.1f} %")
+    # After the results: a plot that cannot be written does not cost the numbers.
+    if args.plot:
+        try:
+            plot_success_curve({args.pred.stem: result}, args.plot)
+        except OSError as err:
+            print(f"hand-eval: error: {args.plot}: cannot write ({err.strerror or err})", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -8,7 +8,6 @@ protocol of papers that use ground-truth centres).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from training.config import TrainConfig
 from training.data import DataError, crop_frames, detected_centres
 from training.localize import centre_from_labels
 from training.methods import Method, build
-from training.train import TrainingError, load_checkpoint
+from training.train import TrainingError, load_checkpoint, write_atomically
 
 
 def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu")) -> tuple[Method, TrainConfig]:
@@ -57,8 +56,5 @@ def predict_capture(method: Method, config: TrainConfig, capture: Capture, centr
 
 def write_uvd(path: str | Path, uvd: np.ndarray) -> None:
     """One frame per line, atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     lines = [" ".join(f"{x:.4f}" for x in frame.reshape(-1)) for frame in uvd]
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_atomically(Path(path), lambda tmp: tmp.write_text("\n".join(lines) + "\n"))

@@ -22,7 +22,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
+import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -56,12 +59,15 @@ def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint as saved by `save_checkpoint`; never runs code from the file."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a pickle of another protocol: torch warns, then refuses it below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise TrainingError(f"{path}: checkpoint does not exist") from None
+    except OSError as err:
+        raise TrainingError(f"{path}: cannot read ({err.strerror or err})") from None
     except Exception as err:  # torch raises several unrelated types for damaged files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrainingError(f"{path}: not a readable checkpoint ({first})") from None
+        raise TrainingError(f"{path}: not a readable checkpoint ({_unreadable(err)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path}: not a train-mapping checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
@@ -69,16 +75,55 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+def _unreadable(err: Exception) -> str:
+    """Why torch.load refused a file, in words. Not torch's own message for a refused pickle: it
+    advises loading with weights_only=False, which would run code from the file."""
+    if isinstance(err, pickle.UnpicklingError):
+        return "not written by train-mapping: it holds objects other than tensors, or is damaged"
+    if isinstance(err, RuntimeError):  # torch's archive reader: its first sentence says what is wrong
+        return str(err).split(". ")[0]
+    return "damaged, or not a file torch.save wrote"   # the unpickler's bare KeyError, EOFError...
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` a temporary name, then rename it to `path`: a crash never leaves half a file, and
+    a failure is one line naming `path` (not the temporary) with nothing left behind."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise TrainingError(f"{path}: cannot write ({err.strerror or err})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:   # a file object: failures are OSErrors, not torch's RuntimeError
+            torch.save(state, fh)
+
+    write_atomically(path, write)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse a run folder that cannot be written before data is opened and training starts,
+    without creating anything (refused input leaves no trace)."""
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        reason = "not a folder" if folder == out else f"{folder} is not a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        reason = "read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY else "permission denied"
+    else:
+        return
+    raise TrainingError(f"{out}: cannot write ({reason})")
 
 
 def _check_resume(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -96,9 +141,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [json.dumps(r) for r in read_metrics(path) if r.get("step", math.inf) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
 
 
 # --- devices and processes ---------------------------------------------------------------------
@@ -209,6 +252,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
                             f"use a new --out folder or at least {start_step} steps")
     if start_step >= config.steps and (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())   # already complete
+    if master:
+        _check_writable(out)
 
     # Data: everything is opened and checked before any output is written.
     parts = Parts.of(method_cls)
@@ -394,4 +439,4 @@ def _last_record(path: Path, key: str) -> dict:
     return next((r for r in reversed(read_metrics(path)) if key in r), {})
 
 
-__all__ = ["train", "load_checkpoint", "TrainingError", "ConfigError"]
+__all__ = ["train", "load_checkpoint", "write_atomically", "TrainingError", "ConfigError"]
