@@ -120,6 +120,14 @@ def test_labels_of_the_wrong_type_are_named(copy, tmp_path, capsys):
     assert "shard-000000.tar:000000002.json: not a JSON object" in err
 
 
+def test_unwritable_picture_folder_is_one_line(dataset, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    rc, out, err = _run(capsys, dataset, "--out", tmp_path / "file" / "pictures")
+    assert rc == 2 and "OK" in out   # the checks still ran and reported
+    assert err.strip().splitlines() == [f"inspect-shards: error: {tmp_path / 'file' / 'pictures'}: cannot write the "
+                                        f"pictures (Not a directory)"]
+
+
 def test_counts_missing_and_truncated_shards(copy, tmp_path, capsys):
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["count"] += 1

@@ -457,7 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in r.stats.items():
             print(f"  {key}: {value}")
     out = args.out or Path(f"inspect-{args.paths[0].resolve().name}")
-    written = write_pictures(reports, out)
+    try:
+        written = write_pictures(reports, out)
+    except OSError as err:   # the checks above still stand; their problems are listed below
+        print(f"inspect-shards: error: {out}: cannot write the pictures ({err.strerror or err})", file=sys.stderr)
+        written = None
     if written:
         print(f"\npictures: {', '.join(str(w) for w in written)}")
     problems = [msg for r in reports for msg in r.problems]
@@ -465,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inspect-shards: {msg}", file=sys.stderr)
     if len(problems) > MAX_PROBLEMS_SHOWN:
         print(f"inspect-shards: ... and {len(problems) - MAX_PROBLEMS_SHOWN} more problems", file=sys.stderr)
-    return 1 if problems else 0
+    return 2 if written is None else 1 if problems else 0
 
 
 if __name__ == "__main__":
