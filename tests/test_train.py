@@ -308,6 +308,21 @@ def test_a_bad_real_frame_or_pairs_path_is_refused_before_training(data, tmp_pat
     assert "no-pairs: shard folder does not exist" in capsys.readouterr().err
 
 
+def test_a_malformed_manifest_is_one_line(data, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "synthetic"
+    shutil.copytree(data["synthetic"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][1]["count"] = "lots"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    args = _args(data, "synthetic-only", tmp_path / "run", _config(tmp_path), labeled=False)
+    args[args.index("--synthetic") + 1] = str(copy)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"train-mapping: error: {copy / 'manifest.json'}: malformed manifest (ValueError: expected a count, got 'lots')"
+
+
 def _replace_members(src: Path, dst: Path, suffix: str, payload: bytes) -> set[str]:
     """Copy shard `src` to `dst` with every member ending in `suffix` replaced by `payload`; the keys."""
     import io

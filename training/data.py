@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.camera import uvd_to_xyz, xyz_to_uvd
-from render.shards import decode_depth_png, iter_shard, read_manifest
+from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest
 from render.views import VIEWS
 from training.captures import Capture, CaptureError, CaptureView, NoHandError, load_capture, mirror_uvd
 from training.config import TrainConfig
@@ -78,15 +78,23 @@ def open_shards(root: str | Path) -> ShardSet:
         manifest = read_manifest(root)
     except ValueError as err:
         raise DataError(str(err)) from None
-    shards = []
-    for rec in manifest.get("shards", []):
-        path = root / rec["name"]
+    try:
+        shards = [(root / rec["name"], _count(rec["count"])) for rec in manifest.get("shards", [])]
+        views = _count(manifest.get("views", 1))
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{root / MANIFEST}: malformed manifest ({type(err).__name__}: {err})") from None
+    for path, _ in shards:
         if not path.is_file():
             raise DataError(f"{path}: listed in the manifest but missing")
-        shards.append((path, int(rec["count"])))
     if not shards or not sum(n for _, n in shards):
         raise DataError(f"{root}: the manifest lists no samples")
-    return ShardSet(root, tuple(shards), int(manifest.get("views", 1)), manifest)
+    return ShardSet(root, tuple(shards), views, manifest)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a count, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
