@@ -80,6 +80,8 @@ def test_presets_and_custom_intrinsics(tmp_path, capsys):
     assert list(results["nyu"]["per_joint_mm"])[0] == "wrist"  # 21 joints named by column count
     assert main(["--pred", str(p), "--gt", str(g), "--dataset", "custom"]) == 2
     assert "--intrinsics" in capsys.readouterr().err
+    assert main(["--pred", str(p), "--gt", str(g), "--dataset", "icvl", "--intrinsics", str(tmp_path / "cam.json")]) == 2
+    assert "--dataset icvl has its own intrinsics" in capsys.readouterr().err
 
 
 def test_plot_is_written(tmp_path):

@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hand-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--pred", required=True, type=Path, help="predictions: one frame per line, u v d per joint")
     p.add_argument("--gt", required=True, type=Path, help="ground truth in the same layout")
-    p.add_argument("--dataset", choices=[*DATASETS, "custom"], default="nyu",
+    p.add_argument("--dataset", choices=[*DATASETS, "custom"],
                    help="intrinsics preset (default nyu); custom needs --intrinsics")
     p.add_argument("--intrinsics", type=Path,
                    help="camera JSON {fx, fy, cx, cy, width, height} (bare or under 'intrinsics'); implies custom")
@@ -179,11 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.intrinsics is not None:
+            if args.dataset not in (None, "custom"):
+                raise EvalInputError(f"--dataset {args.dataset} has its own intrinsics; give it or --intrinsics, not both")
             cam, y_up = Intrinsics.from_json(args.intrinsics), False
         elif args.dataset == "custom":
             raise EvalInputError("--dataset custom needs --intrinsics JSON")
         else:
-            cam, y_up = DATASETS[args.dataset]
+            cam, y_up = DATASETS[args.dataset or "nyu"]
         names = JOINT_SETS.get(args.joints)
         expected = None if names is None else len(names)
         gt = load_uvd(args.gt, expected)
