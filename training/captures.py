@@ -213,25 +213,23 @@ def _check_mode(path: Path, mode: str, encoding: str | None) -> None:
 
 
 def check_depth_header(path: Path, encoding: str | None, cam: Intrinsics) -> None:
-    """Format, bit depth and size of a depth file from its header alone (about 0.1 ms, where
-    decoding costs 5): enough to refuse most bad files before hours of training reach them."""
+    """Format, bit depth and size of a depth file from its header alone (0.3 ms, where decoding
+    costs 5): enough to refuse most bad files before hours of training reach them."""
     try:
         if path.suffix.lower() == ".npy":
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            shape, ok = arr.shape, np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-            if arr.ndim != 2 or not ok:
-                raise CaptureError(f"{path}: depth array must be 2D numbers, got {arr.dtype} {arr.shape}")
+            shape, dtype, mode = arr.shape, arr.dtype, None
         else:
             with Image.open(path) as im:
-                _check_mode(path, im.mode, encoding)
-                shape = im.size[::-1]
+                shape, dtype, mode = im.size[::-1], None, im.mode
     except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, CaptureError):
-            raise
         raise CaptureError(f"{path}: cannot read depth ({err})") from None
+    if mode is not None:
+        _check_mode(path, mode, encoding)
+    elif len(shape) != 2 or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise CaptureError(f"{path}: depth array must be 2D numbers, got {dtype} {shape}")
     if tuple(shape) != (cam.height, cam.width):
-        raise CaptureError(f"{path}: image is {'x'.join(map(str, shape[::-1]))} but capture.json says "
-                           f"{cam.width}x{cam.height}")
+        raise CaptureError(f"{path}: image is {shape[1]}x{shape[0]} but capture.json says {cam.width}x{cam.height}")
 
 
 def _natural_key(path: Path) -> list:
