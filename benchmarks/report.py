@@ -7,6 +7,8 @@ import platform
 import re
 from pathlib import Path
 
+from render.atomic import write_atomically
+
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 _HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
 
@@ -43,6 +45,4 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     block = f"<!-- begin {name} -->\n{body.rstrip()}\n<!-- end {name} -->\n"
     pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->\n", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: tmp.write_text(text))

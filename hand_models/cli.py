@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from render.arguments import OneLineParser, non_negative_int, positive_int
+from render.atomic import WriteError
 
 
 def _check_writable(out: Path) -> None:
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         {"demo": _demo, "fit": _fit}[args.command](args)
     except ValueError as err:
         sys.exit(f"hand-model: {err}")
-    except OSError as err:
+    except WriteError as err:
+        sys.exit(f"hand-model: {err}")
+    except OSError as err:   # the pose file (hand_models.poses writes it, below render)
         sys.exit(f"hand-model: {args.out}: cannot write ({err.strerror or err})")
 
 

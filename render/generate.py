@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
+from render.atomic import write_json
 from render.dataset import GENERATOR, GENERATOR_VERSION, POSE_BLOCK, RenderConfig
 from render.shards import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, ShardRecord, ShardWriter,
-                           sha256_file, shard_name, write_json_atomic)
+                           sha256_file, shard_name)
 
 STATE_DIR = ".render-hands"
 IDENTITY = "dataset.json"
@@ -140,7 +141,7 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
             path.unlink()
         shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     job.state.mkdir(exist_ok=True)
-    write_json_atomic(job.state / IDENTITY, identity)
+    write_json(job.state / IDENTITY, identity)
     for shard in range(part.start, part.stop):  # leftovers of killed runs of this slice
         for tmp in out.glob(f".{shard_name(shard)}.tmp-*"):
             tmp.unlink()
@@ -191,7 +192,7 @@ def run(job: Job, workers: int, show_progress: bool = True) -> dict:
         _init_worker(cfg, progress)
         try:
             for shard in pending:
-                write_json_atomic(job.record_path(shard), _render_shard(str(job.out), shard))
+                write_json(job.record_path(shard), _render_shard(str(job.out), shard))
                 while not progress.empty():
                     bar.update(progress.get())
         finally:
@@ -208,7 +209,7 @@ def run(job: Job, workers: int, show_progress: bool = True) -> dict:
                 except queue.Empty:
                     pass
                 for shard in [s for s, r in results.items() if r.ready()]:
-                    write_json_atomic(job.record_path(shard), results.pop(shard).get())
+                    write_json(job.record_path(shard), results.pop(shard).get())
             while True:
                 try:
                     bar.update(progress.get_nowait())
@@ -258,11 +259,11 @@ def write_manifest(job: Job) -> dict:
         records.append(rec.to_dict())
     manifest = manifest_for(job, records)
     if job.part.whole:
-        write_json_atomic(job.out / MANIFEST, manifest)
+        write_json(job.out / MANIFEST, manifest)
     else:
         manifest["slice"] = {"index": job.part.index, "count": job.part.count,
                              "shards": [job.part.start, job.part.stop]}
-        write_json_atomic(job.out / SLICE_MANIFEST.format(index=job.part.index, count=job.part.count),
+        write_json(job.out / SLICE_MANIFEST.format(index=job.part.index, count=job.part.count),
                           manifest)
     return manifest
 
@@ -325,7 +326,7 @@ def merge(out: Path, sources: list[Path]) -> dict:
     manifest["shards"] = records
     manifest["count"] = sum(r["count"] for r in records)
     manifest["merged_from"] = [str(p) for _, p, _ in slices]
-    write_json_atomic(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 

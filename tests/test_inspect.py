@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from render.shards import MANIFEST, ShardWriter, iter_shard, write_json_atomic
+from render.atomic import write_json
+from render.shards import MANIFEST, ShardWriter, iter_shard
 from training.inspect import flexion_angles, main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -48,7 +49,7 @@ def _rewrite(root: Path, shard: str, edit) -> None:
     for r in manifest["shards"]:
         if r["name"] == shard:
             r.update(record.to_dict())
-    write_json_atomic(root / MANIFEST, manifest)
+    write_json(root / MANIFEST, manifest)
 
 
 def _run(capsys, *args) -> tuple[int, str, str]:
@@ -131,7 +132,7 @@ def test_unwritable_picture_folder_is_one_line(dataset, tmp_path, capsys):
 def test_counts_missing_and_truncated_shards(copy, tmp_path, capsys):
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["count"] += 1
-    write_json_atomic(copy / MANIFEST, manifest)
+    write_json(copy / MANIFEST, manifest)
     data = (copy / "shard-000001.tar").read_bytes()
     (copy / "shard-000001.tar").write_bytes(data[: len(data) // 3])
     rc, _, err = _run(capsys, copy, "--out", tmp_path / "p")

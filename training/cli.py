@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from render.atomic import WriteError
 from training.captures import CaptureError, load_capture
 from training.config import PRESETS, ConfigError, TrainConfig, preset
 from training.data import DataError
@@ -22,7 +23,7 @@ from training.evaluate import EvalInputError
 from training.methods import REGISTRY
 from training.train import TrainingError
 
-ERRORS = (ConfigError, DataError, CaptureError, EvalInputError, TrainingError)
+ERRORS = (ConfigError, DataError, CaptureError, EvalInputError, TrainingError, WriteError)
 
 
 def _train_parser() -> argparse.ArgumentParser:

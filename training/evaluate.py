@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
+from render.atomic import WriteError
 from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz
 from training.figures import save_figure
 
@@ -213,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         try:
             plot_success_curve({args.pred.stem: result}, args.plot)
-        except OSError as err:
-            print(f"hand-eval: error: {args.plot}: cannot write ({err.strerror or err})", file=sys.stderr)
+        except WriteError as err:
+            print(f"hand-eval: error: {err}", file=sys.stderr)
             return 2
     return 0
 

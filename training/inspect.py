@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hand_models.joints import JOINT_NAMES, JOINT_PARENTS
+from render.atomic import WriteError
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sha256_file
 from training.captures import CaptureError, load_capture
@@ -460,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = write_pictures(reports, out)
     except OSError as err:   # the checks above still stand; their problems are listed below
-        print(f"inspect-shards: error: {out}: cannot write the pictures ({err.strerror or err})", file=sys.stderr)
+        why = str(err) if isinstance(err, WriteError) else f"{out}: cannot write the pictures ({err.strerror or err})"
+        print(f"inspect-shards: error: {why}", file=sys.stderr)
         written = None
     if written:
         print(f"\npictures: {', '.join(str(w) for w in written)}")

@@ -24,7 +24,6 @@ All depths are millimetres; 0 means "no measurement".
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from hand_models.joints import JOINT_INDEX, NYU14_NAMES, PALM_CENTRE_FRACTION
+from render.atomic import write_atomically
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from training.evaluate import load_uvd
 
@@ -222,10 +222,8 @@ def centre_from_labels(labels_uvd: np.ndarray, label_joints: str, cam: Intrinsic
 
 def save_centres(path: str | Path, centres_uvd: np.ndarray) -> None:
     """Write centres as `u v d` lines (the format load_centres reads), atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    np.savetxt(tmp, np.asarray(centres_uvd, dtype=np.float64).reshape(-1, 3), fmt="%.3f")
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: np.savetxt(tmp, np.asarray(centres_uvd, dtype=np.float64).reshape(-1, 3),
+                                                  fmt="%.3f"))
 
 
 def load_centres(path: str | Path, frames: int | None = None) -> np.ndarray:

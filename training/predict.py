@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from render.atomic import write_atomically
 from training.captures import Capture, mirror_uvd
 from training.config import TrainConfig
 from training.data import DataError, crop_frames, detected_centres
 from training.localize import centre_from_labels
 from training.methods import Method, build
-from training.train import TrainingError, load_checkpoint, write_atomically
+from training.train import TrainingError, load_checkpoint
 
 
 def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu")) -> tuple[Method, TrainConfig]:

@@ -25,7 +25,6 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from render.atomic import write_atomically, write_json
 from training.captures import CaptureError
 from training.config import ConfigError, TrainConfig, lr_multiplier
 from training.curves import read_metrics
@@ -85,30 +85,12 @@ def _unreadable(err: Exception) -> str:
     return "damaged, or not a file torch.save wrote"   # the unpickler's bare KeyError, EOFError...
 
 
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """`write` a temporary name, then rename it to `path`: a crash never leaves half a file, and
-    a failure is one line naming `path` (not the temporary) with nothing left behind."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise TrainingError(f"{path}: cannot write ({err.strerror or err})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:   # a file object: failures are OSErrors, not torch's RuntimeError
             torch.save(state, fh)
 
     write_atomically(path, write)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
 def _check_writable(out: Path) -> None:
@@ -330,7 +312,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     writer = None
     if master:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", config.to_dict())   # usable as --config as it stands
+        write_json(out / "config.json", config.to_dict())   # usable as --config as it stands
         _truncate_metrics(out / "metrics.jsonl", start_step)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"), purge_step=start_step)
@@ -430,7 +412,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     if cuda:
         summary["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     if master:
-        _write_json(out / "summary.json", summary)
+        write_json(out / "summary.json", summary)
     return summary
 
 
@@ -439,4 +421,4 @@ def _last_record(path: Path, key: str) -> dict:
     return next((r for r in reversed(read_metrics(path)) if key in r), {})
 
 
-__all__ = ["train", "load_checkpoint", "write_atomically", "TrainingError", "ConfigError"]
+__all__ = ["train", "load_checkpoint", "TrainingError", "ConfigError"]

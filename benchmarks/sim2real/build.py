@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from render.atomic import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import target as tgt  # noqa: E402
@@ -320,9 +321,7 @@ def build(args: argparse.Namespace) -> dict:
         "hole_patterns": holes.summary(),
         "localization": {"test": tgt.summarize_locate(test_located), "all_measured": tgt.summarize_locate(located)},
     }
-    tmp = out / "build.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out / "build.json")
+    write_json(out / "build.json", record)
     return record
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -48,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import machine, write_section  # noqa: E402
+from render.atomic import write_json  # noqa: E402
 from training.figures import save_figure  # noqa: E402
 
 DOCS = ROOT / "docs"
@@ -109,12 +109,10 @@ def plan(data: Path, preset: str, out: Path, steps: tuple[int, int] | None = Non
     _capture_frames(data / "target_test")
     out.mkdir(parents=True, exist_ok=True)
     config = out / f"{preset}.json"
-    tmp = config.with_name(config.name + ".tmp")
     settings = dict(PRESETS[preset]["settings"])
     if steps:
         settings["pretrain_steps"], settings["steps"] = steps
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, config)
+    write_json(config, settings)
     base = ["--eval", str(data / "target_test"), "--preset", PRESETS[preset]["train_preset"], "--config", str(config)]
     train, unl = str(data / "target_train"), str(data / "target_unlabeled")
     counts = [n for n in N_LABELED if n == "all" or n < pool]
@@ -223,9 +221,7 @@ def run_row(row: Row, scoring: Scoring, settings: dict) -> dict:
     # The run's own clock (its last training invocation), so a row trained earlier keeps its time.
     seconds = json.loads((row.run / "summary.json").read_text())["seconds"]
     result = {**evaluate_run(row, scoring), "settings": settings, "train_seconds": seconds}
-    tmp = done.with_name(done.name + ".tmp")
-    tmp.write_text(json.dumps(result) + "\n")
-    os.replace(tmp, done)
+    write_json(done, result, indent=None)
     return result
 
 
