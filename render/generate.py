@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,7 +202,15 @@ def run(job: Job, workers: int, show_progress: bool = True) -> dict:
         ctx = mp.get_context("spawn")  # fresh processes: GL contexts and torch threads do not fork well
         progress = ctx.Queue()
         os.environ.setdefault("LP_NUM_THREADS", "1")  # llvmpipe raster threads, read at context creation
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, progress, 1)) as pool:
+        # The workers start with SIGINT ignored (an ignored signal survives exec, and Python then
+        # installs no KeyboardInterrupt handler): Ctrl-C, which the terminal sends to every
+        # process, reaches only this one, which stops them, instead of breaking them mid-import.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, progress, 1))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        with pool:
             results = {s: pool.apply_async(_render_shard, (str(job.out), s)) for s in pending}
             while results:
                 try:

@@ -4,6 +4,7 @@ resume after a killed run, slices and merge, refusal of bad inputs."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -92,6 +93,23 @@ def test_resume_after_killed_run(reference, tmp_path):
     ref = {s["key"]: s["depth"].tobytes() for s in iter_samples(reference)}
     again = {s["key"]: s["depth"].tobytes() for s in iter_samples(out, verify=True)}
     assert again == ref
+
+
+def test_ctrl_c_while_workers_start_stops_cleanly(tmp_path):
+    """The terminal sends Ctrl-C to every process of the job: the workers, still importing, must
+    not die with tracebacks of their own; the run stops with one line, and resumes."""
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "render.cli", *BASE, "--shard-size", "4", "--out", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / ".render-hands" / "dataset.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(2.0)   # workers importing or rendering: before the fix each printed a traceback
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("render-hands: interrupted"), err
+    assert main(BASE + ["--shard-size", "4", "--out", str(out), "--workers", "1"]) == 0
 
 
 def test_rerun_repairs_missing_and_corrupt_shards(reference, tmp_path):
