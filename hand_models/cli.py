@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,17 +15,7 @@ import numpy as np
 import torch
 
 from render.arguments import OneLineParser, non_negative_int, positive_int
-from render.atomic import WriteError
-
-
-def _check_writable(out: Path) -> None:
-    """Refuse an output that cannot be written before minutes of fitting, creating nothing."""
-    if out.is_dir():
-        raise ValueError(f"{out}: cannot write (a folder)")
-    if not out.parent.is_dir():
-        raise ValueError(f"{out}: cannot write ({out.parent} is not a folder)")
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{out}: cannot write (permission denied)")
+from render.atomic import WriteError, check_writable
 
 
 def _demo(args) -> None:
@@ -84,7 +73,7 @@ def _fit(args) -> None:
 
     cam = NYU_KINECT if args.camera == "nyu" else Intrinsics.from_json(args.camera)
     uvd = load_uvd(args.labels, {"nyu14": 14, "21": 21}[args.joints])[: args.limit]
-    _check_writable(args.out)
+    check_writable(args.out)
     xyz = uvd_to_xyz(uvd, cam) / 1000.0
     model = HandModel.load(args.hand_model)
     result = fit(model, PosePrior(model), xyz, args.joints, fit_shape=args.shape, steps=args.steps, progress=True)

@@ -36,3 +36,19 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> None:
 
 def write_json(path: str | Path, data: object, indent: int | None = 1) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=indent) + "\n"))
+
+
+def check_writable(path: str | Path, folder: bool = False) -> None:
+    """Refuse an output before hours of work rather than after it, creating nothing: `path` (a
+    file whose folder exists, or with `folder` a folder made as needed) must be writable."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise WriteError(f"{path}: cannot write ({'not a folder' if folder else 'a folder'})")
+    parent = path if folder else path.parent
+    while folder and not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise WriteError(f"{path}: cannot write ({parent} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        read_only = os.statvfs(parent).f_flag & os.ST_RDONLY
+        raise WriteError(f"{path}: cannot write ({'read-only file system' if read_only else 'permission denied'})")

@@ -35,7 +35,7 @@ from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from render.atomic import write_atomically, write_json
+from render.atomic import check_writable, write_atomically, write_json
 from training.captures import CaptureError
 from training.config import ConfigError, TrainConfig, lr_multiplier
 from training.curves import read_metrics
@@ -91,21 +91,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
             torch.save(state, fh)
 
     write_atomically(path, write)
-
-
-def _check_writable(out: Path) -> None:
-    """Refuse a run folder that cannot be written before data is opened and training starts,
-    without creating anything (refused input leaves no trace)."""
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        reason = "not a folder" if folder == out else f"{folder} is not a folder"
-    elif not os.access(folder, os.W_OK | os.X_OK):
-        reason = "read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY else "permission denied"
-    else:
-        return
-    raise TrainingError(f"{out}: cannot write ({reason})")
 
 
 def _check_resume(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -235,7 +220,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     if start_step >= config.steps and (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())   # already complete
     if master:
-        _check_writable(out)
+        check_writable(out, folder=True)
 
     # Data: everything is opened and checked before any output is written.
     parts = Parts.of(method_cls)
