@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         {"demo": _demo, "fit": _fit}[args.command](args)
-    except ValueError as err:
-        sys.exit(f"hand-model: {err}")
-    except WriteError as err:
+    except (ValueError, WriteError) as err:
         sys.exit(f"hand-model: {err}")
     except OSError as err:   # the pose file (hand_models.poses writes it, below render)
         sys.exit(f"hand-model: {args.out}: cannot write ({err.strerror or err})")

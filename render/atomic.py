@@ -47,6 +47,8 @@ def check_writable(path: str | Path, folder: bool = False) -> None:
     parent = path if folder else path.parent
     while folder and not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    if not parent.exists():
+        raise WriteError(f"{path}: cannot write (no such folder {parent})")
     if not parent.is_dir():
         raise WriteError(f"{path}: cannot write ({parent} is not a folder)")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -213,7 +213,8 @@ class Synthesizer:
             if windows is not None:
                 break
         else:
-            raise RuntimeError(f"{cfg.camera_source}: sample {index}'s hand does not fit in the camera's "
+            beyond = " (beyond --n, placed with its render chunk)" if index >= cfg.n else ""
+            raise RuntimeError(f"{cfg.camera_source}: sample {index}'s hand{beyond} does not fit in the camera's "
                                f"{cam.width}x{cam.height} frame at {lo:.0f}..{hi:.0f} mm after {PLACEMENT_TRIES} draws")
         transl = centre - pivot
         pose_dict = {"hand_pose": _round(pose.hand_pose[0].reshape(-1), 6),

@@ -110,7 +110,8 @@ def _owned(out: Path) -> list[Path]:
 
 def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, command: str,
             overwrite: bool, dry_run: bool = False) -> Job:
-    """Check DIR against the dataset to write; refuse a different one unless `overwrite`."""
+    """Check DIR against the dataset to write; refuse a different one unless `overwrite` or it
+    finished no shard yet."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise JobError(f"{out}: exists and is not a directory")
@@ -205,6 +206,7 @@ def run(job: Job, workers: int, show_progress: bool = True) -> dict:
         # The workers start with SIGINT ignored (an ignored signal survives exec, and Python then
         # installs no KeyboardInterrupt handler): Ctrl-C, which the terminal sends to every
         # process, reaches only this one, which stops them, instead of breaking them mid-import.
+        # (A Ctrl-C in the milliseconds the pool takes to start is ignored.)
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, progress, 1))

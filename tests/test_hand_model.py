@@ -247,6 +247,6 @@ def test_fit_limit_and_output(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(fitting, "fit", lambda *a, **k: pytest.fail("fitted before checking --out"))
     missing = tmp_path / "absent" / "p.npz"
     assert _fit_error(["fit", str(labels), "--out", str(missing)], capsys) == \
-        f"hand-model: {missing}: cannot write ({missing.parent} is not a folder)"
+        f"hand-model: {missing}: cannot write (no such folder {missing.parent})"
     assert _fit_error(["fit", str(labels), "--out", str(tmp_path)], capsys) == \
         f"hand-model: {tmp_path}: cannot write (a folder)"

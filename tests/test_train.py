@@ -275,7 +275,8 @@ def test_bad_inputs_give_one_clear_line(data, tmp_path, capsys):
     # Intact tars whose samples do not decode, or decode to a label missing its fields: one line
     # naming shard and sample.
     for suffix, payload, message in ((".depth.png", b"garbage" * 10, "cannot decode depth.png (ValueError: not an image)"),
-                                     (".json", b'{"a": 1}', "malformed sample (KeyError: ")):
+                                     (".json", b'{"a": 1}', "malformed sample (KeyError: "),
+                                     (".json", b'[1, 2, 3]', "the sample's json is not an object")):
         keys = _replace_members(sorted(data["synthetic"].glob("shard-*.tar"))[0], shard, suffix, payload)
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
@@ -306,6 +307,15 @@ def test_a_bad_real_frame_or_pairs_path_is_refused_before_training(data, tmp_pat
     args[args.index("--pairs") + 1] = str(tmp_path / "no-pairs")
     assert main(args) == 2
     assert "no-pairs: shard folder does not exist" in capsys.readouterr().err
+
+    pairs = tmp_path / "pairs"
+    shutil.copytree(data["pairs"], pairs)
+    shard = sorted(pairs.glob("shard-*.tar"))[0]
+    _replace_members(shard, shard, ".json", b'{"a": 1}')
+    args = _args(data, "feature-mapping", tmp_path / "run", _config(tmp_path))
+    args[args.index("--pairs") + 1] = str(pairs)
+    assert main(args) == 2
+    assert f"{shard}: 000000000: malformed sample (index None)" in capsys.readouterr().err
 
 
 def test_a_malformed_manifest_is_one_line(data, tmp_path, capsys):

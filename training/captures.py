@@ -108,9 +108,7 @@ class Capture:
         where the sensor measured nothing."""
         path, cam = (self.frames[index], self.intrinsics) if view is None else (view.frames[index], view.intrinsics)
         raw = read_depth_file(path, self.depth_encoding)
-        if raw.shape != (cam.height, cam.width):
-            raise CaptureError(f"{path}: image is {raw.shape[1]}x{raw.shape[0]} but capture.json says "
-                               f"{cam.width}x{cam.height}")
+        _check_size(path, raw.shape, cam)
         depth = raw.astype(np.float32) * np.float32(self.depth_scale_mm)
         return np.ascontiguousarray(depth[:, ::-1]) if self.mirrored else depth
 
@@ -187,8 +185,7 @@ def read_depth_file(path: Path, encoding: str | None) -> np.ndarray:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise CaptureError(f"{path}: cannot read depth array ({err})") from None
-        if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise CaptureError(f"{path}: depth array must be 2D numbers, got {arr.dtype} {arr.shape}")
+        _check_array(path, arr.shape, arr.dtype)
         arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         if (arr < 0).any():
             raise CaptureError(f"{path}: negative depth values")
@@ -203,6 +200,16 @@ def read_depth_file(path: Path, encoding: str | None) -> np.ndarray:
     if encoding == "nyu_rgb":
         return arr[..., 1].astype(np.uint16) * 256 + arr[..., 2]
     return arr.astype(np.uint16)
+
+
+def _check_array(path: Path, shape: tuple, dtype: np.dtype) -> None:
+    if len(shape) != 2 or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise CaptureError(f"{path}: depth array must be 2D numbers, got {dtype} {shape}")
+
+
+def _check_size(path: Path, shape: tuple, cam: Intrinsics) -> None:
+    if tuple(shape) != (cam.height, cam.width):
+        raise CaptureError(f"{path}: image is {shape[1]}x{shape[0]} but capture.json says {cam.width}x{cam.height}")
 
 
 def _check_mode(path: Path, mode: str, encoding: str | None) -> None:
@@ -226,10 +233,9 @@ def check_depth_header(path: Path, encoding: str | None, cam: Intrinsics) -> Non
         raise CaptureError(f"{path}: cannot read depth ({err})") from None
     if mode is not None:
         _check_mode(path, mode, encoding)
-    elif len(shape) != 2 or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-        raise CaptureError(f"{path}: depth array must be 2D numbers, got {dtype} {shape}")
-    if tuple(shape) != (cam.height, cam.width):
-        raise CaptureError(f"{path}: image is {shape[1]}x{shape[0]} but capture.json says {cam.width}x{cam.height}")
+    else:
+        _check_array(path, shape, dtype)
+    _check_size(path, shape, cam)
 
 
 def _natural_key(path: Path) -> list:

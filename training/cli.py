@@ -112,6 +112,9 @@ def _plot(argv: list[str]) -> int:
     from training.curves import plot_run
     try:
         plot_run(args.run, args.out, args.title)
+    except WriteError as err:
+        print(f"train-mapping plot: error: {err}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, KeyError) as err:
         print(f"train-mapping plot: error: {args.run}: cannot plot ({err})", file=sys.stderr)
         return 2

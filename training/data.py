@@ -146,9 +146,12 @@ class ShardSample:
 
     def label(self) -> dict:
         try:
-            return json.loads(self.files["json"])
+            label = json.loads(self.files["json"])
         except (KeyError, ValueError) as err:
             raise DataError(f"{self.where}: cannot read the sample's json ({type(err).__name__}: {err})") from None
+        if not isinstance(label, dict):
+            raise DataError(f"{self.where}: the sample's json is not an object")
+        return label
 
     def depth(self, name: str) -> np.ndarray:
         try:
@@ -187,7 +190,10 @@ def open_pairs(root: str | Path, n_labeled: int) -> Pairs:
     groups: list[list[ShardSample]] = [[] for _ in range(n_labeled)]
     for path, _ in shards.shards:
         for sample in read_shard(path):
-            k = int(sample.label()["index"]) % n_poses
+            index = sample.label().get("index")
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise DataError(f"{sample.where}: malformed sample (index {index!r})")
+            k = index % n_poses
             if k < n_labeled:
                 groups[k].append(sample)
     empty = [k for k, g in enumerate(groups) if not g]

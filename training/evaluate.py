@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         try:
             plot_success_curve({args.pred.stem: result}, args.plot)
-        except WriteError as err:
+        except (WriteError, ValueError) as err:
             print(f"hand-eval: error: {err}", file=sys.stderr)
             return 2
     return 0

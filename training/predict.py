@@ -49,6 +49,8 @@ def predict_capture(method: Method, config: TrainConfig, capture: Capture, centr
                     device: torch.device = torch.device("cpu"), batch: int = 64) -> np.ndarray:
     """(frames, joints, 3) uvd in the capture's original images, from crops around `centres_uvd`
     (frame_centres)."""
+    if len(centres_uvd) != len(capture):
+        raise DataError(f"{capture.root}: {len(centres_uvd)} crop centres for {len(capture)} frames")
     crops = crop_frames(capture, config, centres_uvd=centres_uvd)
     out = torch.cat([method.predict_real(x.to(device)).float().cpu() for x in crops.images.split(batch)]).numpy()
     uvd = np.stack([g.to_uvd(p) for g, p in zip(crops.geometries, out)])
