@@ -157,8 +157,8 @@ class Scoring:
         self.test_folder, self.samples = test, samples
 
     @cached_property
-    def test(self):
-        """target_test, its detected-hand centres and its labelled palm centres."""
+    def test(self) -> tuple:
+        """target_test (a Capture), its detected-hand centres and its labelled palm centres."""
         from training.captures import load_capture
         from training.predict import frame_centres
 
