@@ -53,6 +53,10 @@ def check_writable(path: str | Path, folder: bool = False) -> None:
         raise WriteError(f"{path}: cannot write (no such folder {parent})")
     if not parent.is_dir():
         raise WriteError(f"{path}: cannot write ({parent} is not a folder)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        read_only = os.statvfs(parent).f_flag & os.ST_RDONLY
-        raise WriteError(f"{path}: cannot write ({'read-only file system' if read_only else 'permission denied'})")
+    # A real write, not os.access: that says yes to root where a write still fails (/proc, say).
+    probe = parent / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise WriteError(f"{path}: cannot write ({err.strerror or err})") from None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
-from render.atomic import write_json
+from render.atomic import check_writable, write_json
 from render.dataset import GENERATOR, GENERATOR_VERSION, POSE_BLOCK, RenderConfig
 from render.shards import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, ShardRecord, ShardWriter,
                            sha256_file, shard_name)
@@ -131,13 +131,8 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
     job = Job(config, out, identity, part, command)
     if dry_run:
         return job
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise JobError(f"{out}: cannot write there ({err.strerror or err})") from None
+    check_writable(out, folder=True)
+    out.mkdir(parents=True, exist_ok=True)
     if previous != identity:   # --overwrite, or nothing of another dataset written yet (refused above)
         for path in _owned(out):
             path.unlink()
