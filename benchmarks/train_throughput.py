@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, write_section  # noqa: E402
 
 from training.config import TrainConfig, preset  # noqa: E402
-from training.data import Parts, batch_size_of, open_sources, train_loader  # noqa: E402
+from training.data import Parts, batch_size_of, batches, open_sources, train_loader  # noqa: E402
 from training.methods import REGISTRY, method_class  # noqa: E402
 from training.curves import read_metrics  # noqa: E402
 from training.train import train  # noqa: E402
@@ -113,12 +113,12 @@ def train_rate(config: TrainConfig, warmup: int) -> dict:
             "gpu_util": gpu.mean, "gpu_peak_gb": summary.get("gpu_peak_memory_gb")}
 
 
-def loader_rate(config: TrainConfig, batches: int) -> float:
+def loader_rate(config: TrainConfig, count: int) -> float:
     parts = Parts.of(method_class(config.method))
-    loader = iter(train_loader(config, open_sources(config, parts), parts, pin_memory=torch.cuda.is_available()))
+    loader = batches(train_loader(config, open_sources(config, parts), parts, pin_memory=torch.cuda.is_available()))
     next(loader)  # workers started
     t, frames = time.perf_counter(), 0
-    for _ in range(batches):
+    for _ in range(count):
         frames += batch_size_of(next(loader))
     return frames / (time.perf_counter() - t)
 

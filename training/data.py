@@ -51,6 +51,7 @@ from training.evaluate import EvalInputError, load_uvd
 from training.localize import centre_from_labels
 
 SYNTHETIC, LABELED, UNLABELED, ORDER = 1, 2, 3, 4   # stream ids in the random seeds
+STREAM_ERROR = "data_error"   # the key of the batch that carries a data error out of the stream
 
 
 class DataError(ValueError):
@@ -477,7 +478,15 @@ class TrainStream(IterableDataset):
                 total[k] += steps * v
         return total
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict]:
+        """The batches; a data error ends them with a batch {STREAM_ERROR: message}, because PyTorch
+        re-raises a worker's exception with the worker's traceback pasted into its message."""
+        try:
+            yield from self._batches()
+        except (DataError, CaptureError) as err:
+            yield {STREAM_ERROR: str(err)}
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         w, workers = (0, 1) if info is None else (info.id, info.num_workers)
         residue = (self.start_step + w) % workers
@@ -548,6 +557,15 @@ def train_loader(config: TrainConfig, sources: Sources, parts: Parts, rank: int 
     # Its own generator: worker seeds must not draw from (and so change) the global torch RNG.
     return DataLoader(stream, batch_size=None, num_workers=config.workers, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(config.seed), **extra)
+
+
+def batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches; a data error met by the stream, in a worker process or not, is raised
+    here as the one line that names its file."""
+    for batch in loader:
+        if STREAM_ERROR in batch:
+            raise DataError(batch[STREAM_ERROR])
+        yield batch
 
 
 # --- evaluation and prediction crops ---------------------------------------------------------

@@ -36,10 +36,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from render.atomic import check_writable, write_atomically, write_json
-from training.captures import CaptureError
 from training.config import ConfigError, TrainConfig, lr_multiplier
 from training.curves import read_metrics
-from training.data import DataError, Parts, batch_size_of, crop_frames, eval_frames, open_sources, train_loader
+from training.data import Parts, batch_size_of, batches, crop_frames, eval_frames, open_sources, train_loader
 from training.evaluate import evaluate_uvd
 from training.methods import Method, build, method_class
 
@@ -152,24 +151,6 @@ def _match_layout(optimizer: torch.optim.Optimizer) -> None:
             for k, v in optimizer.state.get(p, {}).items():
                 if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
                     optimizer.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
-
-
-def _batches(loader):
-    """The loader's batches. PyTorch re-raises an error of a worker process with the worker's
-    traceback in its message; the project's errors, which name their file, come back as one line."""
-    batches = iter(loader)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (DataError, CaptureError) as err:
-            text = str(err)
-            if "Original Traceback" not in text:
-                raise
-            last = text.strip().splitlines()[-1]
-            raise type(err)(last.split(": ", 1)[1] if ": " in last else last) from None
-        yield batch
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -322,7 +303,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     method.train()
     try:
-        for batch in _batches(loader):
+        for batch in batches(loader):
             if step >= config.steps:
                 break
             pretrain = step < config.pretrain_steps
