@@ -128,7 +128,7 @@ def test_layout_and_labels_agree_with_pixels(two_builds):
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "huge"], "invalid choice: 'huge'"),
-    (["--preset", "tiny", "--out", "/proc/sim2real"], "/proc/sim2real: cannot write there"),
+    (["--preset", "tiny", "--out", "/proc/sim2real"], "/proc/sim2real: cannot write"),
     (["--preset", "tiny", "--shared", "/nonexistent/shared"], "/nonexistent/shared: shared data folder not found"),
     (["--preset", "tiny", "--test", "0"], "frame counts must be >= 1"),
     (["--preset", "tiny", "--seed", "-1"], "--seed must be >= 0"),
@@ -220,3 +220,17 @@ def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, caps
     # Other settings into the same folders: train-mapping refuses them, no result of the old ones is reused.
     assert run.main([*args[:args.index("--steps")], "--steps", "2", "3", "--seeds", "0", "--no-report"]) == 2
     assert "different settings (pretrain_steps" in capsys.readouterr().err
+
+
+@needs_shared
+def test_a_failed_background_render_stops_the_build_early(tmp_path):
+    """render-hands renders the source beside the target frames: its failure ends the build once
+    seen, not after every target split has been built."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "source").write_text("not a folder")
+    result = _run("--preset", "tiny", "--out", str(out), "--workers", "1", "--shared", str(SHARED))
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "render-hands failed" in last and ".source.log" in last and "Traceback" not in result.stderr, result.stderr
+    assert not (out / "target_unlabeled").exists() and not (out / "build.json").exists()

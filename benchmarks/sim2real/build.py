@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from render.atomic import write_json
+from render.atomic import WriteError, check_writable, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import target as tgt  # noqa: E402
@@ -113,12 +113,9 @@ def check_inputs(args: argparse.Namespace) -> None:
     if args.seed < 0:
         raise BuildError(f"--seed must be >= 0, got {args.seed}")
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        probe = args.out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise BuildError(f"{args.out}: cannot write there ({err.strerror or err})") from None
+        check_writable(args.out, folder=True)
+    except WriteError as err:
+        raise BuildError(str(err)) from None
     if not args.shared.is_dir():
         raise BuildError(f"{args.shared}: shared data folder not found (needs {NYU_LABELS} and real_samples/; "
                          f"give --shared)")
@@ -134,8 +131,10 @@ def render_hands(args_list: list[str], cwd: Path, log: Path) -> tuple[list[str],
         return cmd, subprocess.Popen(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
 
 
-def wait(proc: subprocess.Popen, log: Path) -> None:
-    if proc.wait() != 0:
+def check(proc: subprocess.Popen, log: Path, finish: bool = False) -> None:
+    """Stop the build as soon as a background render-hands has failed (with `finish`, wait for it
+    first), rather than after the target frames it runs beside."""
+    if (proc.wait() if finish else proc.poll()) not in (None, 0):
         lines = log.read_text().strip().splitlines() if log.exists() else []
         raise BuildError(f"render-hands failed (exit {proc.returncode}, log {log}): {lines[-1] if lines else ''}")
 
@@ -216,6 +215,7 @@ def build(args: argparse.Namespace) -> dict:
         raise BuildError(f"frame counts must be >= 1: {', '.join(bad)}")
     preset = replace(preset, **counts)
     check_inputs(args)
+    args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()
     # build.json marks a complete build: an earlier one's must not vouch for a half-done rebuild.
     (out / "build.json").unlink(missing_ok=True)
@@ -233,6 +233,12 @@ def build(args: argparse.Namespace) -> dict:
          "--shard-size", str(preset.shard_size), *extra], out, out / ".source.log")
     commands["source"] = {"cwd": ".", "argv": ["render-hands", *source_cmd[3:]]}
     pairs_proc = None
+
+    def check_background() -> None:
+        check(source_proc, out / ".source.log")
+        if pairs_proc is not None:
+            check(pairs_proc, out / ".pairs.log")
+
     try:
         from hand_models.poses import save_pose_file
 
@@ -258,6 +264,7 @@ def build(args: argparse.Namespace) -> dict:
                     bar.update()
             fitted = {split: tgt.FittedPoses.concat([j.result() for j in js]) for split, js in jobs.items()}
             timings["fit_s"] = time.perf_counter() - t
+            check_background()
             print(f"fitted {sum(len(f.nyu_index) for f in fitted.values())} NYU poses in {timings['fit_s']:.1f} s",
                   flush=True)
             t = time.perf_counter()
@@ -267,6 +274,7 @@ def build(args: argparse.Namespace) -> dict:
                         "nyu_test_frames": [int(i) for i in fitted[split].nyu_index],
                         "seed": args.seed, "split": split}
                 rows[split] = build_split(split, sizes[split], out, pool, fitted[split], meta)
+                check_background()
                 if split == "train":
                     r = rows["train"]
                     batch = tgt.PoseBatch(np.stack([x["hand_pose"] for x in r]).astype(np.float32),
@@ -285,8 +293,8 @@ def build(args: argparse.Namespace) -> dict:
                     commands["pairs"] = {"cwd": "pairs", "argv": ["render-hands", *pairs_cmd[3:]]}
         timings["target_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        wait(source_proc, out / ".source.log")
-        wait(pairs_proc, out / ".pairs.log")
+        check(source_proc, out / ".source.log", finish=True)
+        check(pairs_proc, out / ".pairs.log", finish=True)
         timings["wait_render_hands_s"] = time.perf_counter() - t
     except BaseException as err:
         for proc in (source_proc, pairs_proc):
