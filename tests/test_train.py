@@ -260,17 +260,26 @@ def test_bad_inputs_give_one_clear_line(data, tmp_path, capsys):
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "p.txt").exists()
 
-    # A damaged shard, read by a loader worker process: one line naming the shard.
+    # A damaged shard: one line naming the shard, before training; a label's digit changed still
+    # parses, so only the checksum tells.
     import shutil
+    import tarfile
     damaged = tmp_path / "damaged"
     shutil.copytree(data["synthetic"], damaged)
     shard = sorted(damaged.glob("shard-*.tar"))[0]
-    shard.write_bytes(shard.read_bytes()[:30000])
+    with tarfile.open(shard) as tar:
+        label = next(m for m in tar if m.name.endswith(".json"))
+    raw = bytearray(shard.read_bytes())
+    at = next(i for i in range(label.offset_data, label.offset_data + label.size) if raw[i:i + 1].isdigit())
+    raw[at] = ord("7") if raw[at] != ord("7") else ord("3")
+    shard.write_bytes(bytes(raw))
     args = _args(data, "synthetic-only", tmp_path / "run-damaged", _config(tmp_path, workers=1), labeled=False)
     args[args.index("--synthetic") + 1] = str(damaged)
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"{shard}: " in err and "Traceback" not in err, err
+    assert err == f"train-mapping: error: {shard}: sha256 differs from the manifest (damaged or replaced; " \
+                  f"inspect-shards {damaged} lists every problem)", err
+    assert not (tmp_path / "run-damaged").exists()
 
     # Intact tars whose samples do not decode, or decode to a label missing its fields: one line
     # naming shard and sample.
@@ -334,9 +343,12 @@ def test_a_malformed_manifest_is_one_line(data, tmp_path, capsys):
 
 
 def _replace_members(src: Path, dst: Path, suffix: str, payload: bytes) -> set[str]:
-    """Copy shard `src` to `dst` with every member ending in `suffix` replaced by `payload`; the keys."""
+    """Copy shard `src` to `dst` with every member ending in `suffix` replaced by `payload`, and its
+    checksum in dst's manifest updated: a shard written bad, not damaged later; the keys."""
     import io
     import tarfile
+
+    from render.shards import sha256_file
 
     with tarfile.open(src) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar]
@@ -346,6 +358,11 @@ def _replace_members(src: Path, dst: Path, suffix: str, payload: bytes) -> set[s
                 data = payload
                 member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
+    manifest = json.loads((dst.parent / "manifest.json").read_text())
+    for record in manifest["shards"]:
+        if record["name"] == dst.name:
+            record["sha256"] = sha256_file(dst)
+    (dst.parent / "manifest.json").write_text(json.dumps(manifest))
     return {Path(m.name).name.split(".")[0] for m, _ in members}
 
 

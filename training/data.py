@@ -38,10 +38,11 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.camera import uvd_to_xyz, xyz_to_uvd
-from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest
+from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sha256_file
 from render.views import VIEWS
 from training.captures import Capture, CaptureError, CaptureView, NoHandError, load_capture, mirror_uvd
 from training.config import TrainConfig
@@ -69,9 +70,19 @@ class ShardSet:
     def __len__(self) -> int:
         return sum(n for _, n in self.shards)
 
+    def verify(self) -> None:
+        """Every shard against the manifest's sha256, before training: a flipped bit in a label's
+        json still parses, and would train on a wrong joint without a word."""
+        records = self.manifest["shards"]
+        for (path, _), record in zip(self.shards, tqdm(records, desc=f"checking {self.root.name}", unit="shard",
+                                                        leave=False, disable=None)):
+            if sha256_file(path) != record["sha256"]:
+                raise DataError(f"{path}: sha256 differs from the manifest (damaged or replaced; "
+                                f"inspect-shards {self.root} lists every problem)")
+
 
 def open_shards(root: str | Path) -> ShardSet:
-    """A render-hands shard folder, checked for presence (not checksums: that would read it all)."""
+    """A render-hands shard folder, checked for presence (ShardSet.verify reads it all)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: shard folder does not exist")
@@ -80,7 +91,10 @@ def open_shards(root: str | Path) -> ShardSet:
     except ValueError as err:
         raise DataError(str(err)) from None
     try:
-        shards = [(root / rec["name"], _count(rec["count"])) for rec in manifest.get("shards", [])]
+        records = manifest.get("shards", [])
+        shards = [(root / rec["name"], _count(rec["count"])) for rec in records]
+        for rec in records:
+            _checksum(rec["sha256"])
         views = _count(manifest.get("views", 1))
     except (KeyError, TypeError, ValueError) as err:
         raise DataError(f"{root / MANIFEST}: malformed manifest ({type(err).__name__}: {err})") from None
@@ -90,6 +104,12 @@ def open_shards(root: str | Path) -> ShardSet:
     if not shards or not sum(n for _, n in shards):
         raise DataError(f"{root}: the manifest lists no samples")
     return ShardSet(root, tuple(shards), views, manifest)
+
+
+def _checksum(value: object) -> str:
+    if not isinstance(value, str) or len(value) != 64:
+        raise ValueError(f"expected a sha256, got {value!r}")
+    return value
 
 
 def _count(value: object) -> int:
@@ -171,6 +191,7 @@ class Pairs:
 def open_pairs(root: str | Path, n_labeled: int) -> Pairs:
     """Read a (small) paired shard set into memory and group it by pose index."""
     shards = open_shards(root)
+    shards.verify()
     poses = shards.manifest.get("poses")
     if not isinstance(poses, dict) or "file" not in poses:
         raise DataError(f"{shards.root}: not rendered from a pose file (render-hands --poses FILE), so its "
@@ -219,6 +240,7 @@ def open_sources(config: TrainConfig, parts: "Parts") -> Sources:
     synthetic = open_shards(config.synthetic)
     if parts.views and synthetic.views < 3:
         raise DataError(f"{synthetic.root}: view prediction needs shards rendered with --views 3")
+    synthetic.verify()
     try:
         captures = [load_capture(p) for p in config.real]
         for capture in captures:
