@@ -121,12 +121,12 @@ def test_labels_of_the_wrong_type_are_named(copy, tmp_path, capsys):
     assert "shard-000000.tar:000000002.json: not a JSON object" in err
 
 
-def test_unwritable_picture_folder_is_one_line(dataset, tmp_path, capsys):
+def test_unwritable_picture_folder_is_one_line_before_the_checks(dataset, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     rc, out, err = _run(capsys, dataset, "--out", tmp_path / "file" / "pictures")
-    assert rc == 2 and "OK" in out   # the checks still ran and reported
-    assert err.strip().splitlines() == [f"inspect-shards: error: {tmp_path / 'file' / 'pictures'}: cannot write the "
-                                        f"pictures (Not a directory)"]
+    assert rc == 2 and out == ""   # refused before reading every sample
+    assert err.strip().splitlines() == [f"inspect-shards: error: {tmp_path / 'file' / 'pictures'}: cannot write "
+                                        f"({tmp_path / 'file'} is not a folder)"]
 
 
 def test_counts_missing_and_truncated_shards(copy, tmp_path, capsys):

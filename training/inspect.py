@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hand_models.joints import JOINT_NAMES, JOINT_PARENTS
-from render.atomic import WriteError
+from render.atomic import WriteError, check_writable
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sha256_file
 from training.captures import CaptureError, load_capture
@@ -412,7 +412,10 @@ def write_pictures(reports: list[Report], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"{out}: cannot write ({err.strerror or err})") from None
     written = []
     for r in reports:
         if r.previews:
@@ -443,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="folder for the pictures (default: ./inspect-NAME)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    out = args.out or Path(f"inspect-{args.paths[0].resolve().name}")
+    try:
+        check_writable(out, folder=True)   # before the checks, which read every sample
+    except WriteError as err:
+        print(f"inspect-shards: error: {err}", file=sys.stderr)
+        return 2
     inputs = []
     for path in args.paths:
         found = find_inputs(path) if path.is_dir() else []
@@ -457,12 +466,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{'OK' if not r.problems else f'{len(r.problems)} problem(s)'}")
         for key, value in r.stats.items():
             print(f"  {key}: {value}")
-    out = args.out or Path(f"inspect-{args.paths[0].resolve().name}")
     try:
         written = write_pictures(reports, out)
-    except OSError as err:   # the checks above still stand; their problems are listed below
-        why = str(err) if isinstance(err, WriteError) else f"{out}: cannot write the pictures ({err.strerror or err})"
-        print(f"inspect-shards: error: {why}", file=sys.stderr)
+    except WriteError as err:   # the checks above still stand; their problems are listed below
+        print(f"inspect-shards: error: {err}", file=sys.stderr)
         written = None
     if written:
         print(f"\npictures: {', '.join(str(w) for w in written)}")
