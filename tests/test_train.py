@@ -144,6 +144,47 @@ def test_predict_and_hand_eval_round_trip(trained, data, tmp_path, capsys):
     assert scored["mean_error_mm"] == pytest.approx(during, abs=1e-3)
 
 
+def test_predict_saves_and_reuses_crop_centres(trained, data, tmp_path, capsys):
+    """--save-centres writes the crop centres in the capture's own images (a left hand's mirrored
+    back), and --centre FILE crops around them again: the same predictions, nothing detected."""
+    import shutil
+
+    from PIL import Image
+
+    left = tmp_path / "left"   # the NYU frame as a left hand would be filmed: mirrored image and labels
+    shutil.copytree(data["nyu"], left)
+    for png in left.glob("*.png"):
+        Image.fromarray(np.asarray(Image.open(png))[:, ::-1]).save(png)
+    labels = np.loadtxt(left / "labels_uvd.txt", ndmin=2).reshape(-1, 14, 3)
+    labels[..., 0] = 639 - labels[..., 0]
+    np.savetxt(left / "labels_uvd.txt", labels.reshape(len(labels), -1), fmt="%.4f")
+    meta = json.loads((left / "capture.json").read_text())
+    (left / "capture.json").write_text(json.dumps({**meta, "hand": "left"}))
+
+    checkpoint = str(trained["murauer"] / "checkpoint.pt")
+
+    def predict(capture: Path, name: str, *extra: str) -> np.ndarray:
+        assert main(["predict", "--checkpoint", checkpoint, "--real", str(capture), "--out", str(tmp_path / name),
+                     *extra]) == 0
+        return np.loadtxt(tmp_path / name, ndmin=2)
+
+    right = predict(data["nyu"], "right.txt", "--save-centres", str(tmp_path / "right-centres.txt"))
+    mirrored = predict(left, "left.txt", "--save-centres", str(tmp_path / "left-centres.txt"))
+    centres = [np.loadtxt(tmp_path / f"{side}-centres.txt", ndmin=2) for side in ("right", "left")]
+    # (A mirrored image's cx is 639 - 320 = 319, so its viewing rays differ by a pixel: 0.004 mm.)
+    np.testing.assert_allclose(centres[1], centres[0] * [-1, 1, 1] + [639, 0, 0], atol=0.05)
+    np.testing.assert_allclose(mirrored[:, 0::3], 639 - right[:, 0::3], atol=0.05)
+    again = predict(left, "again.txt", "--centre", str(tmp_path / "left-centres.txt"))
+    np.testing.assert_allclose(again, mirrored, atol=1e-3)
+
+    (tmp_path / "two.txt").write_text("320 240 800\n330 250 810\n")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", checkpoint, "--real", str(left), "--out", str(tmp_path / "p.txt"),
+                 "--centre", str(tmp_path / "two.txt")]) == 2
+    assert capsys.readouterr().err == f"train-mapping predict: error: {tmp_path / 'two.txt'}: 2 centres for 1 frames\n"
+    assert not (tmp_path / "p.txt").exists()
+
+
 def _tensors_equal(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return torch.equal(a, b)
@@ -573,8 +614,8 @@ def test_unwritable_prediction_file_gives_one_line(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(_args(data, "synthetic-only", run, _config(tmp_path, steps=1, pretrain_steps=1), labeled=False)) == 0
     (tmp_path / "a-folder").mkdir()
-    for out, reason in ((tmp_path / "nowhere" / "p.txt", "No such file or directory"),
-                        (tmp_path / "a-folder", "Is a directory")):
+    for out, reason in ((tmp_path / "nowhere" / "p.txt", f"no such folder {tmp_path / 'nowhere'}"),
+                        (tmp_path / "a-folder", "a folder")):
         capsys.readouterr()
         assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--real", str(data["nyu"]),
                      "--out", str(out)]) == 2

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from render.atomic import WriteError
+from render.atomic import WriteError, check_writable
 from training.captures import CaptureError, load_capture
 from training.config import PRESETS, ConfigError, TrainConfig, preset
 from training.data import DataError
@@ -59,8 +59,11 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--real", required=True, type=Path, metavar="CAPTURE")
     p.add_argument("--out", required=True, type=Path, help="text file: one frame per line, u v d per joint")
-    p.add_argument("--centre", choices=["detect", "labels"], default="detect",
-                   help="crop around the detected hand, or the labelled palm centre")
+    p.add_argument("--centre", default="detect", metavar="detect|labels|FILE",
+                   help="crop around the detected hand (default), the labelled palm centre, or the centres "
+                        "of a file (u v d per line, one line per frame)")
+    p.add_argument("--save-centres", type=Path, metavar="FILE",
+                   help="also write the crop centres used, for --centre FILE next time")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     return p
 
@@ -87,15 +90,21 @@ def _predict(argv: list[str]) -> int:
     args = _predict_parser().parse_args(argv)
     import torch
 
-    from training.predict import frame_centres, load_model, predict_capture, write_uvd
+    from training.predict import frame_centres, load_model, predict_capture, save_frame_centres, write_uvd
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise TrainingError("--device cuda: torch sees no CUDA device")
+        for path in (args.out, args.save_centres):
+            if path is not None:
+                check_writable(path)
         device = torch.device(args.device)
         method, config = load_model(args.checkpoint, device)
         capture = load_capture(args.real)
-        uvd = predict_capture(method, config, capture, frame_centres(capture, args.centre), device)
+        centres = frame_centres(capture, args.centre)
+        uvd = predict_capture(method, config, capture, centres, device)
         write_uvd(args.out, uvd)
+        if args.save_centres is not None:
+            save_frame_centres(args.save_centres, capture, centres)
     except ERRORS as err:
         print(f"train-mapping predict: error: {err}", file=sys.stderr)
         return 2

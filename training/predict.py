@@ -3,7 +3,9 @@
 One line per frame, `u v d` per joint (pixels, pixels, mm) in the capture's own images (left
 hands are mirrored back). Frames are cropped around the detected hand, as they would be for a
 capture nobody labelled; `frame_centres(capture, "labels")` gives the labelled palm centres instead (the
-protocol of papers that use ground-truth centres).
+protocol of papers that use ground-truth centres), and `frame_centres(capture, FILE)` the centres of a
+centres file (`u v d` per line, in the capture's own images: one written by `save_frame_centres`, so
+a long capture is located once for many models, or a published one).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from render.atomic import write_atomically
 from training.captures import Capture, mirror_uvd
 from training.config import TrainConfig
 from training.data import DataError, crop_frames, detected_centres
-from training.localize import centre_from_labels
+from training.localize import centre_from_labels, load_centres, save_centres
 from training.methods import Method, build
 from training.train import TrainingError, load_checkpoint
 
@@ -34,14 +36,26 @@ def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu"
     return method.to(device).eval(), config
 
 
-def frame_centres(capture: Capture, centre: str = "detect") -> np.ndarray:
-    """Crop centre of every frame: the detected hand, or the labelled palm centre. Detection costs
-    more than a small network's forward pass, so a caller scoring many models computes it once."""
+def frame_centres(capture: Capture, centre: str | Path = "detect") -> np.ndarray:
+    """Crop centre of every frame (uvd, in the frames as training reads them): the detected hand,
+    the labelled palm centre, or a centres file's. Detection costs more than a small network's
+    forward pass, so a caller scoring many models computes it once."""
     if centre == "labels":
         if capture.labels_uvd is None:
             raise DataError(f"{capture.root}: --centre labels needs a labelled capture")
         return centre_from_labels(capture.labels_uvd, capture.label_joints, capture.intrinsics)
-    return detected_centres(capture, list(range(len(capture))))
+    if centre == "detect":
+        return detected_centres(capture, list(range(len(capture))))
+    try:
+        centres = load_centres(centre, frames=len(capture))
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return mirror_uvd(centres, capture.intrinsics.width) if capture.mirrored else centres
+
+
+def save_frame_centres(path: str | Path, capture: Capture, centres_uvd: np.ndarray) -> None:
+    """A centres file of `frame_centres`' centres, in the capture's own images."""
+    save_centres(path, mirror_uvd(centres_uvd, capture.intrinsics.width) if capture.mirrored else centres_uvd)
 
 
 @torch.no_grad()
