@@ -1,7 +1,7 @@
 """`hand-model`: look at a hand model's poses, fit poses to joint labels.
 
-    hand-model demo --out docs/hand_poses.png [--hand-model open|PATH] [--seed S]
-    hand-model fit LABELS --out POSES.npz [--camera nyu|JSON] [--joints nyu14|21] [--shape]
+    hand-model [--hand-model open|PATH] demo --out docs/hand_poses.png [--seed S]
+    hand-model [--hand-model open|PATH] fit LABELS --out POSES.npz [--camera nyu|JSON] [--joints nyu14|21] [--shape]
 """
 
 from __future__ import annotations
@@ -62,8 +62,15 @@ def _demo(args) -> None:
     print(f"wrote {args.out}: {args.count} poses of {model.name} (sampler {rate:.0f} poses/s)")
 
 
+def _hand(camera: Path) -> str:
+    """The "hand" of a capture.json given as camera (a bare camera JSON has none: right)."""
+    meta = json.loads(camera.read_text())
+    return meta.get("hand", "right") if isinstance(meta, dict) else "right"
+
+
 def _fit(args) -> None:
     from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz
+    from training.captures import mirror_intrinsics, mirror_uvd
     from training.evaluate import load_uvd
 
     from .fitting import fit
@@ -73,6 +80,10 @@ def _fit(args) -> None:
 
     cam = NYU_KINECT if args.camera == "nyu" else Intrinsics.from_json(args.camera)
     uvd = load_uvd(args.labels, {"nyu14": 14, "21": 21}[args.joints])[: args.limit]
+    if args.camera != "nyu" and _hand(Path(args.camera)) == "left":
+        # train-mapping mirrors a left hand's frames and labels into a right hand's: the twins
+        # must show that right hand.
+        uvd, cam = mirror_uvd(uvd, cam.width), mirror_intrinsics(cam)
     check_writable(args.out)
     xyz = uvd_to_xyz(uvd, cam) / 1000.0
     model = HandModel.load(args.hand_model)
@@ -99,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     f = sub.add_parser("fit", help="fit poses to uvd joint labels (one frame per line)")
     f.add_argument("labels", type=Path)
     f.add_argument("--out", type=Path, required=True, help="pose library (.npz) to write")
-    f.add_argument("--camera", default="nyu", help='"nyu" or a camera JSON {fx, fy, cx, cy, width, height}')
+    f.add_argument("--camera", default="nyu",
+                   help='"nyu", or a camera JSON {fx, fy, cx, cy, width, height}: the capture.json of the labels\' '
+                        'capture, whose "hand": "left" mirrors them into the right hand train-mapping sees')
     f.add_argument("--joints", choices=["nyu14", "21"], default="nyu14")
     f.add_argument("--shape", action="store_true", help="fit shape coefficients too")
     f.add_argument("--steps", type=positive_int, default=300)

@@ -84,6 +84,28 @@ def test_presets_and_custom_intrinsics(tmp_path, capsys):
     assert "--dataset icvl has its own intrinsics" in capsys.readouterr().err
 
 
+def test_a_captures_labels_are_scored_with_its_own_camera(tmp_path, capsys):
+    """--gt CAPTURE/labels_uvd.txt: the capture.json beside it gives the intrinsics, unless told."""
+    gt = _gt()
+    pred = gt.copy()
+    pred[..., 2] += 10.0
+    capture = tmp_path / "capture"
+    capture.mkdir()
+    g, p = _write(capture / "labels_uvd.txt", gt), _write(tmp_path / "pred.txt", pred)
+    (capture / "capture.json").write_text(json.dumps({"intrinsics": {"fx": 241.42, "fy": 241.42, "cx": 160,
+                                                                     "cy": 120, "width": 320, "height": 240}}))
+    results = {}
+    for extra in ([], ["--dataset", "icvl"], ["--dataset", "nyu"]):
+        assert main(["--pred", str(p), "--gt", str(g), "--json", *extra]) == 0
+        results[" ".join(extra)] = json.loads(capsys.readouterr().out)["mean_error_mm"]
+    assert results[""] == pytest.approx(results["--dataset icvl"])
+    assert results[""] != pytest.approx(results["--dataset nyu"])
+    (capture / "capture.json").write_text(json.dumps({"intrinsics": {"fx": "241"}}))
+    assert main(["--pred", str(p), "--gt", str(g)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(capture / "capture.json") in err, err
+
+
 def test_plot_is_written(tmp_path):
     gt = _gt()
     g, p = _write(tmp_path / "gt.txt", gt), _write(tmp_path / "pred.txt", gt + 1.0)

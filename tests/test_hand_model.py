@@ -1,6 +1,7 @@
 """Hand models: the open hand, official-format MANO files, joints, bad files."""
 
 import importlib.util
+import json
 import pickle
 import subprocess
 import sys
@@ -250,3 +251,29 @@ def test_fit_limit_and_output(tmp_path, capsys, monkeypatch):
         f"hand-model: {missing}: cannot write (no such folder {missing.parent})"
     assert _fit_error(["fit", str(labels), "--out", str(tmp_path)], capsys) == \
         f"hand-model: {tmp_path}: cannot write (a folder)"
+
+
+def test_fit_mirrors_a_left_hand_capture_as_training_does(tmp_path, capsys, shared):
+    """Labels of a left-hand capture (its capture.json as --camera) are fitted as the right hand
+    train-mapping mirrors them into: the NYU frame filmed mirrored fits like the NYU frame."""
+    import shutil
+
+    from hand_models.cli import main
+    from hand_models.poses import load_pose_file
+
+    nyu = shared / "real_samples" / "nyu"
+    left = tmp_path / "left"
+    shutil.copytree(nyu, left)
+    labels = np.loadtxt(nyu / "labels_uvd.txt", ndmin=2)
+    labels[:, 0::3] = 639 - labels[:, 0::3]
+    np.savetxt(left / "labels_uvd.txt", labels, fmt="%.4f")
+    meta = json.loads((left / "capture.json").read_text())
+    (left / "capture.json").write_text(json.dumps({**meta, "hand": "left"}))
+    reports = []
+    for capture in (nyu, left):
+        main(["fit", str(capture / "labels_uvd.txt"), "--camera", str(capture / "capture.json"),
+              "--out", str(tmp_path / f"{capture.name}.npz"), "--steps", "60"])
+        reports.append(json.loads(capsys.readouterr().out))
+    assert abs(reports[0]["mean_mm"] - reports[1]["mean_mm"]) < 1.0, reports
+    right, mirrored = (load_pose_file(tmp_path / f"{c}.npz")[0] for c in ("nyu", "left"))
+    np.testing.assert_allclose(mirrored.hand_pose, right.hand_pose, atol=0.05)

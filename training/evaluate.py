@@ -166,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, type=Path, help="predictions: one frame per line, u v d per joint")
     p.add_argument("--gt", required=True, type=Path, help="ground truth in the same layout")
     p.add_argument("--dataset", choices=[*DATASETS, "custom"],
-                   help="intrinsics preset (default nyu); custom needs --intrinsics")
+                   help="intrinsics preset (default: the capture.json beside --gt if there is one, else nyu); "
+                        "custom needs --intrinsics")
     p.add_argument("--intrinsics", type=Path,
                    help="camera JSON {fx, fy, cx, cy, width, height} (bare or under 'intrinsics'); implies custom")
     p.add_argument("--joints", choices=["auto", *JOINT_SETS], default="auto",
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             cam, y_up = Intrinsics.from_json(args.intrinsics), False
         elif args.dataset == "custom":
             raise EvalInputError("--dataset custom needs --intrinsics JSON")
+        elif args.dataset is None and (args.gt.parent / "capture.json").is_file():
+            # A capture's own labels: its camera, not NYU's, or every millimetre is off.
+            cam, y_up = Intrinsics.from_json(args.gt.parent / "capture.json"), False
         else:
             cam, y_up = DATASETS[args.dataset or "nyu"]
         names = JOINT_SETS.get(args.joints)
