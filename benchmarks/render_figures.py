@@ -1,10 +1,11 @@
 """Pictures for docs/rendering.md: frames with joints, clean vs kinect, the three views.
 
-    python benchmarks/render_figures.py        # writes docs/render_*.png
+    python benchmarks/render_figures.py [--out docs]        # writes OUT/render_*.png
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -48,7 +49,7 @@ def _show(ax, frame: np.ndarray, label: dict, zoom: bool = True, joints: bool = 
     ax.set_yticks([])
 
 
-def grid(n: int = 12) -> None:
+def grid(out: Path, n: int = 12) -> None:
     cfg = RenderConfig(n=n, seed=1)
     synth = Synthesizer(cfg)
     samples = list(synth.samples(0, n))
@@ -60,11 +61,11 @@ def grid(n: int = 12) -> None:
         ax.set_title(f"{key}: palm at {label['nyu14_uvd'][-1][2]:.0f} mm", fontsize=8)
     fig.suptitle("render-hands --seed 1: depth windows (mm) with the 21 joint labels")
     fig.tight_layout()
-    save_figure(fig, DOCS / "render_grid.png", dpi=90)
+    save_figure(fig, out / "render_grid.png", dpi=90)
     synth.close()
 
 
-def clean_vs_kinect(n: int = 3) -> None:
+def clean_vs_kinect(out: Path, n: int = 3) -> None:
     import json
     fig, axes = plt.subplots(2, n, figsize=(4 * n, 8))
     for row, sensor in enumerate(("clean", "kinect")):
@@ -76,10 +77,10 @@ def clean_vs_kinect(n: int = 3) -> None:
         synth.close()
     fig.suptitle("The same samples (same seed): exact depth vs Kinect v1 artefacts")
     fig.tight_layout()
-    save_figure(fig, DOCS / "render_clean_vs_kinect.png", dpi=90)
+    save_figure(fig, out / "render_clean_vs_kinect.png", dpi=90)
 
 
-def three_views() -> None:
+def three_views(out: Path) -> None:
     import json
     synth = Synthesizer(RenderConfig(n=2, seed=3, views=3))
     fig, axes = plt.subplots(2, 3, figsize=(12, 8))
@@ -92,12 +93,18 @@ def three_views() -> None:
             axes[row, col].set_title(f"{key} view {col} ({view['view_name']})", fontsize=9)
     fig.suptitle("--views 3: one pose seen by the front, top and side cameras (windows around the hand)")
     fig.tight_layout()
-    save_figure(fig, DOCS / "render_views.png", dpi=80)
+    save_figure(fig, out / "render_views.png", dpi=80)
     synth.close()
 
 
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=DOCS, help="folder for the PNGs (default: docs/)")
+    out = p.parse_args().out
+    for draw in (grid, clean_vs_kinect, three_views):
+        draw(out)
+    print("wrote", ", ".join(str(p) for p in sorted(out.glob("render_*.png"))))
+
+
 if __name__ == "__main__":
-    grid()
-    clean_vs_kinect()
-    three_views()
-    print("wrote", ", ".join(str(p) for p in sorted(DOCS.glob("render_*.png"))))
+    main()

@@ -1,6 +1,6 @@
 """Training data: streaming synthetic shards, real captures, labelled frames and their synthetic twins.
 
-Every batch is composed of up to three kinds of frames (training.config.TrainConfig.composition):
+Every batch is composed of up to three kinds of frames (TrainStream.composition):
 synthetic frames (with the crop of another view when the shards hold 3 views), labelled real
 frames (with a synthetic twin each when a paired shard set is given) and unlabeled real frames
 (with the crop of the same view of the rig where the capture has it: capture.json "views"). All
