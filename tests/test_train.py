@@ -629,10 +629,13 @@ def test_checkpoint_torch_refuses_gives_one_line_without_unsafe_advice(tmp_path,
     no warning of torch's unpickler before it."""
     import pickle
 
-    pickled, text = tmp_path / "pickled.pt", tmp_path / "notes.pt"
+    pickled, text, cut = tmp_path / "pickled.pt", tmp_path / "notes.pt", tmp_path / "cut.pt"
     pickled.write_bytes(pickle.dumps({"step": 1}, protocol=4))
     text.write_text("hello world\n")
-    for path, reason in ((pickled, "holds objects other than tensors"), (text, "not a file torch.save wrote")):
+    torch.save({"weights": torch.zeros(100_000)}, cut)
+    cut.write_bytes(cut.read_bytes()[:50_000])   # a copy that stopped half-way: torch says EINVAL
+    for path, reason in ((pickled, "holds objects other than tensors"), (text, "not a file torch.save wrote"),
+                         (cut, "damaged")):
         assert main(["predict", "--checkpoint", str(path), "--real", str(tmp_path),
                      "--out", str(tmp_path / "p.txt")]) == 2
         err = capsys.readouterr().err.strip()

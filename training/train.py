@@ -58,14 +58,16 @@ def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint as saved by `save_checkpoint`; never runs code from the file."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():  # a pickle of another protocol: torch warns, then refuses it below
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        open(path, "rb").close()
     except FileNotFoundError:
         raise TrainingError(f"{path}: checkpoint does not exist") from None
     except OSError as err:
         raise TrainingError(f"{path}: cannot read ({err.strerror or err})") from None
-    except Exception as err:  # torch raises several unrelated types for damaged files
+    try:
+        with warnings.catch_warnings():  # a pickle of another protocol: torch warns, then refuses it below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for damaged files (a cut one: OSError)
         raise TrainingError(f"{path}: not a readable checkpoint ({_unreadable(err)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path}: not a train-mapping checkpoint")
