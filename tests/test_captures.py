@@ -128,6 +128,17 @@ def test_truncated_png_is_refused_by_name(tmp_path):
         load_capture(root)
 
 
+def test_check_frames_finds_a_cut_frame_that_loading_does_not_decode(tmp_path):
+    """load_capture decodes three frames; check_frames reads every PNG to its end, so a frame cut
+    short by a failed copy is refused before training, not when a batch first needs it."""
+    root = _capture(tmp_path, META, {f"{i}.png": _hand_frame() for i in range(5)})
+    data = (root / "1.png").read_bytes()
+    (root / "1.png").write_bytes(data[: len(data) - 200])
+    capture = load_capture(root)
+    with pytest.raises(CaptureError, match=r"1\.png: cannot read depth \(Truncated"):
+        capture.check_frames()
+
+
 def test_wrong_bit_depth_is_refused(tmp_path):
     eight_bit = (_hand_frame() // 8).astype(np.uint8)
     with pytest.raises(CaptureError, match=r"0\.png: .*16-bit.*mode L"):
