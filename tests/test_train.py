@@ -608,6 +608,15 @@ def test_unwritable_run_folder_is_refused_before_the_data_is_read(tmp_path, caps
         assert capsys.readouterr().err == f"train-mapping: error: {out}: cannot write ({reason})\n"
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"] and blocker.read_text() == ""
 
+    # A folder of other things (the folder of several runs, say) is not made a run.
+    runs = tmp_path / "runs"
+    (runs / "run-a").mkdir(parents=True)
+    assert main(["--synthetic", str(tmp_path / "no-shards"), "--method", "synthetic-only", "--preset", "cpu-small",
+                 "--out", str(runs), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"train-mapping: error: {runs}: a folder of other files, not a run; " \
+                                      f"give a new or empty --out\n"
+    assert [p.name for p in runs.iterdir()] == ["run-a"]
+
 
 def test_unwritable_prediction_file_gives_one_line(data, tmp_path, capsys):
     """predict --out in a missing folder, or onto a folder: one line naming it, no temporary left."""

@@ -204,6 +204,9 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         return json.loads((out / "summary.json").read_text())   # already complete
     if master:
         check_writable(out, folder=True)
+        if out.is_dir() and state is None and any(out.iterdir()) and not (out / "config.json").exists():
+            # Not a run (config.json comes first): its files would be mixed with another's.
+            raise TrainingError(f"{out}: a folder of other files, not a run; give a new or empty --out")
 
     # Data: everything is opened and checked before any output is written.
     parts = Parts.of(method_cls)
