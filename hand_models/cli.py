@@ -99,7 +99,7 @@ def _fit(args) -> None:
     print(json.dumps(report))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="hand-model", description=__doc__.split("\n")[0])
     parser.add_argument("--hand-model", default="open", help='"open" (built-in) or a MANO .pkl/.npz path')
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,10 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         {"demo": _demo, "fit": _fit}[args.command](args)
     except (ValueError, WriteError) as err:
-        sys.exit(f"hand-model: {err}")
+        print(f"hand-model: {err}", file=sys.stderr)
+        return 2
     except OSError as err:   # the pose file (hand_models.poses writes it, below render)
-        sys.exit(f"hand-model: {args.out}: cannot write ({err.strerror or err})")
+        print(f"hand-model: {args.out}: cannot write ({err.strerror or err})", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

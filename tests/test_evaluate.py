@@ -160,17 +160,30 @@ def test_figures_are_written_whole_and_readable_by_others(tmp_path):
     assert (tmp_path / "curve.png").stat().st_mode & 0o777 == 0o644
 
 
-def test_unwritable_plot_gives_one_line_after_the_results(tmp_path, capsys):
-    """--plot in a missing folder, or onto a folder: the results are printed all the same, then one
-    error line naming the plot; non-zero exit, no temporary left."""
+def test_unwritable_plot_is_refused_before_scoring(tmp_path, capsys):
+    """--plot in a missing folder, or onto a folder: one error line naming the plot before any
+    scoring; non-zero exit, nothing written."""
     gt = _gt()
     g, p = _write(tmp_path / "gt.txt", gt), _write(tmp_path / "pred.txt", gt + 1.0)
     (tmp_path / "a-folder").mkdir()
-    for plot, reason in ((tmp_path / "nowhere" / "curve.png", "No such file or directory"),
-                         (tmp_path / "a-folder", "Is a directory")):
+    for plot, reason in ((tmp_path / "nowhere" / "curve.png", f"no such folder {tmp_path / 'nowhere'}"),
+                         (tmp_path / "a-folder", "a folder")):
         assert main(["--pred", str(p), "--gt", str(g), "--json", "--plot", str(plot)]) == 2
-        out, err = capsys.readouterr()
-        assert json.loads(out)["frames"] == 5
-        assert err == f"hand-eval: error: {plot}: cannot write ({reason})\n"
+        assert capsys.readouterr() == ("", f"hand-eval: error: {plot}: cannot write ({reason})\n")
     assert sorted(q.name for q in tmp_path.iterdir()) == ["a-folder", "gt.txt", "pred.txt"]
     assert not list((tmp_path / "a-folder").iterdir())
+
+
+def test_printing_into_a_closed_pipe_is_no_traceback(tmp_path):
+    """`hand-eval ... | head -2`: the reader leaves early; hand-eval ends quietly."""
+    import subprocess
+    import sys
+
+    gt = _gt()
+    g, p = _write(tmp_path / "gt.txt", gt), _write(tmp_path / "pred.txt", gt + 1.0)
+    proc = subprocess.Popen([sys.executable, "-m", "training.evaluate", "--pred", str(p), "--gt", str(g)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()   # before hand-eval has printed a line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "Traceback" not in err, err
+

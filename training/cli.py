@@ -40,7 +40,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", metavar="CAPTURE", help="labelled capture to evaluate on during training "
                                                      "(default: labelled frames of --real not trained on)")
     p.add_argument("--method", choices=list(REGISTRY), help="what to train (default murauer)")
-    p.add_argument("--out", required=True, type=Path, help="run folder (created; resumed if it holds a checkpoint; a folder of other files is refused)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="run folder (created; resumed if it holds a checkpoint; a folder of other files is refused)")
     p.add_argument("--preset", choices=list(PRESETS), default="paper",
                    help="base settings: the paper's (default), or a small CPU one; unset options come from it")
     p.add_argument("--config", type=Path, help="JSON file of settings overriding the preset")

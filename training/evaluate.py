@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
-from render.atomic import WriteError
+from render.atomic import WriteError, check_writable
 from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz
 from training.figures import save_figure
 
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             cam, y_up = Intrinsics.from_json(args.gt.parent / "capture.json"), False
         else:
             cam, y_up = DATASETS[args.dataset or "nyu"]
+        if args.plot:
+            check_writable(args.plot)
         names = JOINT_SETS.get(args.joints)
         expected = None if names is None else len(names)
         gt = load_uvd(args.gt, expected)
@@ -200,10 +203,25 @@ def main(argv: list[str] | None = None) -> int:
         if names is None:
             names = next((n for n in JOINT_SETS.values() if len(n) == gt.shape[1]), None)
         result = evaluate_uvd(pred, gt, cam, y_up, names)
-    except (EvalInputError, ValueError) as err:
+    except (EvalInputError, ValueError, WriteError) as err:
         print(f"hand-eval: error: {err}", file=sys.stderr)
         return 2
-    if args.json:
+    try:
+        _print(result, args.json)
+    except BrokenPipeError:   # `hand-eval ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    # After the results: a plot that cannot be written does not cost the numbers.
+    if args.plot:
+        try:
+            plot_success_curve({args.pred.stem: result}, args.plot)
+        except (WriteError, ValueError) as err:
+            print(f"hand-eval: error: {err}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _print(result: EvalResult, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(result.to_dict()))
     else:
         print(f"frames: {result.frames}  joints: {len(result.per_joint_mm)}")
@@ -214,14 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in (10, 20, 30, 40, 50, 80):
             frac = np.interp(t, result.thresholds_mm, result.fraction_within)
             print(f"  frames with worst joint <= {t:2d} mm: {100 * frac:5.1f} %")
-    # After the results: a plot that cannot be written does not cost the numbers.
-    if args.plot:
-        try:
-            plot_success_curve({args.pred.stem: result}, args.plot)
-        except (WriteError, ValueError) as err:
-            print(f"hand-eval: error: {err}", file=sys.stderr)
-            return 2
-    return 0
+    sys.stdout.flush()   # a closed pipe shows here, not at exit
 
 
 if __name__ == "__main__":
