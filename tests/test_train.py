@@ -618,6 +618,15 @@ def test_unwritable_run_folder_is_refused_before_the_data_is_read(tmp_path, caps
     assert [p.name for p in runs.iterdir()] == ["run-a"]
 
 
+def test_a_run_without_held_out_labels_says_it_was_not_evaluated(data, tmp_path, capsys):
+    args = _args(data, "supervised", tmp_path / "run", _config(tmp_path, steps=2, pretrain_steps=1))
+    args[args.index("--real") + 1:args.index("--method")] = [str(data["nyu"])]   # its one label is trained on
+    del args[args.index("--eval"):args.index("--eval") + 2]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().endswith("not evaluated: no labelled real frame was held out "
+                                                    "(give --eval CAPTURE)")
+
+
 def test_unwritable_prediction_file_gives_one_line(data, tmp_path, capsys):
     """predict --out in a missing folder, or onto a folder: one line naming it, no temporary left."""
     run = tmp_path / "run"

@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     line = f"{args.out}: {summary['steps']} steps, {summary['samples_per_s'] or 0:.1f} samples/s"
     if "eval_mean_error_mm" in summary:
         line += f", mean 3D error {summary['eval_mean_error_mm']:.2f} mm on {summary['eval_frames']} real frame(s)"
+    else:
+        line += "; not evaluated: no labelled real frame was held out (give --eval CAPTURE)"
     print(line)
     return 0
 
