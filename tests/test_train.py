@@ -232,6 +232,26 @@ def test_resume_refuses_other_settings(data, tmp_path, capsys):
     assert "different settings (steps)" in capsys.readouterr().err
 
 
+def test_resume_refuses_changed_data(data, tmp_path, capsys):
+    """A frame taken out of a capture between two sessions changes every later batch."""
+    import shutil
+
+    capture = tmp_path / "capture"
+    shutil.copytree(data["real"][1], capture)
+    args = _args(data, "synthetic-only", tmp_path / "run", _config(tmp_path, steps=2), labeled=False)
+    args[args.index("--real") + 1:args.index("--method")] = [str(capture)]
+    assert main(args) == 0
+    last = sorted(capture.glob("*.png"))[-1]
+    last.unlink()
+    (capture / "side" / last.name).unlink()
+    capsys.readouterr()
+    assert main(args + ["--max-steps", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"train-mapping: error: {tmp_path / 'run' / 'checkpoint.pt'}: the data changed since the run "
+                   f"began (real frames [8] then, [7] now); the batches depend on it: use a new --out folder or "
+                   f"the data as it was"), err
+
+
 def test_loss_goes_down_on_a_fixed_batch(data):
     config = TrainConfig.from_dict({**TINY, "synthetic": str(data["synthetic"]), "real": [str(p) for p in data["real"]],
                                     "n_labeled": 1, "pairs": str(data["pairs"]), "method": "murauer",

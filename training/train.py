@@ -86,6 +86,10 @@ def _unreadable(err: Exception) -> str:
     return "damaged, or not a file torch.save wrote"   # the unpickler's bare KeyError, EOFError...
 
 
+def _changed(then: dict, now: dict) -> str:
+    return ", ".join(f"{k} frames {then.get(k)} then, {now[k]} now" for k in now if then.get(k) != now[k])
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:   # a file object: failures are OSErrors, not torch's RuntimeError
@@ -211,6 +215,12 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     # Data: everything is opened and checked before any output is written.
     parts = Parts.of(method_cls)
     sources = open_sources(config, parts)
+    data_frames = {"synthetic": len(sources.synthetic), "real": [len(c) for c in sources.captures],
+                   "pairs": None if sources.pairs is None else sum(len(t) for t in sources.pairs.twins)}
+    if state is not None and state.get("frames", data_frames) != data_frames:
+        raise TrainingError(f"{ckpt_path}: the data changed since the run began "
+                            f"({_changed(state['frames'], data_frames)}); "
+                            f"the batches depend on it: use a new --out folder or the data as it was")
     evaluation = None
     if master and (held := eval_frames(config, sources)) is not None:
         evaluation = RealEvaluation(config, *held)
@@ -272,7 +282,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             return
         save_checkpoint(ckpt_path, {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step,
-            "config": config.to_dict(), "world": world,
+            "config": config.to_dict(), "world": world, "frames": data_frames,
             "model": method.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "critic": None if critic is None else critic.state_dict(),
             "critic_optimizer": None if critic is None else critic_opt.state_dict(),
