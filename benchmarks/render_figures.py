@@ -101,6 +101,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DOCS, help="folder for the PNGs (default: docs/)")
     out = p.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
     for draw in (grid, clean_vs_kinect, three_views):
         draw(out)
     print("wrote", ", ".join(str(p) for p in sorted(out.glob("render_*.png"))))

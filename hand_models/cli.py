@@ -65,7 +65,10 @@ def _demo(args) -> None:
 def _hand(camera: Path) -> str:
     """The "hand" of a capture.json given as camera (a bare camera JSON has none: right)."""
     meta = json.loads(camera.read_text())
-    return meta.get("hand", "right") if isinstance(meta, dict) else "right"
+    hand = meta.get("hand", "right") if isinstance(meta, dict) else "right"
+    if hand not in ("left", "right"):
+        raise ValueError(f"{camera}: hand must be \"left\" or \"right\", got {hand!r}")
+    return hand
 
 
 def _fit(args) -> None:

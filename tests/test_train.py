@@ -177,6 +177,10 @@ def test_predict_saves_and_reuses_crop_centres(trained, data, tmp_path, capsys):
     again = predict(left, "again.txt", "--centre", str(tmp_path / "left-centres.txt"))
     np.testing.assert_allclose(again, mirrored, atol=1e-3)
 
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", checkpoint, "--real", str(left), "--out", str(tmp_path / "p.txt"),
+                 "--centre", "label"]) == 2
+    assert capsys.readouterr().err == "train-mapping predict: error: --centre label: not detect, labels or a centres file\n"
     (tmp_path / "two.txt").write_text("320 240 800\n330 250 810\n")
     capsys.readouterr()
     assert main(["predict", "--checkpoint", checkpoint, "--real", str(left), "--out", str(tmp_path / "p.txt"),
@@ -230,6 +234,17 @@ def test_resume_refuses_other_settings(data, tmp_path, capsys):
     assert main(_args(data, "synthetic-only", cosine, _config(tmp_path, steps=4, lr_schedule="cosine",
                                                                   pretrain_steps=1))) == 2
     assert "different settings (steps)" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_summary_keeps_its_last_evaluation(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_args(data, "synthetic-only", run, _config(tmp_path, steps=2), labeled=False)) == 0
+    first = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()   # killed after the last checkpoint, before the summary
+    capsys.readouterr()
+    assert main(_args(data, "synthetic-only", run, _config(tmp_path, steps=2), labeled=False)) == 0
+    again = json.loads((run / "summary.json").read_text())
+    assert again["eval_mean_error_mm"] == first["eval_mean_error_mm"] and "not evaluated" not in capsys.readouterr().out
 
 
 def test_resume_refuses_changed_data(data, tmp_path, capsys):
@@ -636,6 +651,13 @@ def test_unwritable_run_folder_is_refused_before_the_data_is_read(tmp_path, caps
     assert capsys.readouterr().err == f"train-mapping: error: {runs}: a folder of other files, not a run; " \
                                       f"give a new or empty --out\n"
     assert [p.name for p in runs.iterdir()] == ["run-a"]
+    # A temporary left by a kill while config.json was written is no other file.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / ".config.tmp-123.json").write_text("{")
+    assert main(["--synthetic", str(tmp_path / "no-shards"), "--method", "synthetic-only", "--preset", "cpu-small",
+                 "--out", str(killed), "--quiet"]) == 2
+    assert "no-shards: shard folder does not exist" in capsys.readouterr().err
 
 
 def test_a_run_without_held_out_labels_says_it_was_not_evaluated(data, tmp_path, capsys):

@@ -113,7 +113,7 @@ class Capture:
         return np.ascontiguousarray(depth[:, ::-1]) if self.mirrored else depth
 
     def check_frames(self) -> None:
-        """Every frame of the capture and its views, by header (check_depth_header)."""
+        """Every frame of the capture and its views: header, and a PNG to its end (check_depth_header)."""
         for path in self.frames:
             check_depth_header(path, self.depth_encoding, self.intrinsics)
         for view in self.views:

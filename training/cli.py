@@ -98,6 +98,10 @@ def _predict(argv: list[str]) -> int:
         for path in (args.out, args.save_centres):
             if path is not None:
                 check_writable(path)
+        if args.save_centres is not None and args.save_centres.resolve() == args.out.resolve():
+            raise WriteError(f"{args.out}: given as both --out and --save-centres")
+        if args.centre not in ("detect", "labels") and not Path(args.centre).is_file():
+            raise DataError(f"--centre {args.centre}: not detect, labels or a centres file")
         device = torch.device(args.device)
         method, config = load_model(args.checkpoint, device)
         capture = load_capture(args.real)

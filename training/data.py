@@ -70,13 +70,17 @@ class ShardSet:
     def __len__(self) -> int:
         return sum(n for _, n in self.shards)
 
-    def verify(self) -> None:
-        """Every shard against the manifest's sha256, before training: a flipped bit in a label's
-        json still parses, and would train on a wrong joint without a word."""
-        records = self.manifest["shards"]
-        for (path, _), record in zip(self.shards, tqdm(records, desc=f"checking {self.root.name}", unit="shard",
-                                                        leave=False, disable=None)):
-            if sha256_file(path) != record["sha256"]:
+    def verify(self, rank: int = 0, world: int = 1, progress: bool = False) -> None:
+        """The shards against the manifest's sha256 (rank r of `world` checks every world-th), before
+        training: a flipped bit in a label's json still parses, and would train on a wrong joint."""
+        mine = list(zip(self.shards, self.manifest["shards"]))[rank::world]
+        for (path, _), record in tqdm(mine, desc=f"checking {self.root.name}", unit="shard", leave=False,
+                                      disable=not progress):
+            try:
+                same = sha256_file(path) == record["sha256"]
+            except OSError as err:
+                raise DataError(f"{path}: cannot read the shard ({err.strerror or err})") from None
+            if not same:
                 raise DataError(f"{path}: sha256 differs from the manifest (damaged or replaced; "
                                 f"inspect-shards {self.root} lists every problem)")
 
@@ -240,7 +244,6 @@ def open_sources(config: TrainConfig, parts: "Parts") -> Sources:
     synthetic = open_shards(config.synthetic)
     if parts.views and synthetic.views < 3:
         raise DataError(f"{synthetic.root}: view prediction needs shards rendered with --views 3")
-    synthetic.verify()
     try:
         captures = [load_capture(p) for p in config.real]
         for capture in captures:

@@ -208,7 +208,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         return json.loads((out / "summary.json").read_text())   # already complete
     if master:
         check_writable(out, folder=True)
-        if out.is_dir() and state is None and any(out.iterdir()) and not (out / "config.json").exists():
+        others = out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())   # not temporaries
+        if others and state is None and not (out / "config.json").exists():
             # Not a run (config.json comes first): its files would be mixed with another's.
             raise TrainingError(f"{out}: a folder of other files, not a run; give a new or empty --out")
 
@@ -224,6 +225,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     evaluation = None
     if master and (held := eval_frames(config, sources)) is not None:
         evaluation = RealEvaluation(config, *held)
+    sources.synthetic.verify(rank, world, master and progress)   # last: it reads every shard
 
     # Device, networks, optimizers, schedules.
     device = _device(config, local_rank)
@@ -313,14 +315,18 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     bar = tqdm(total=config.steps * samples_per_step, initial=start_step * samples_per_step, unit="sample",
                unit_scale=True, desc=f"{config.method}", disable=not (master and progress), dynamic_ncols=True)
     step, sums, count, t_log, frames_log = start_step, {}, 0, time.perf_counter(), 0
-    t_start, frames_total, last_eval = time.perf_counter(), 0, {}
+    t_start, frames_total = time.perf_counter(), 0
+    # A run stopped after its last evaluation (and checkpoint) but before summary.json ends here
+    # at once: its evaluation is the last one logged.
+    last_eval = {k: v for k, v in _last_record(out / "metrics.jsonl", "eval_mean_error_mm").items()
+                 if k.startswith("eval_")} if evaluation is not None else {}
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     method.train()
     try:
-        for batch in batches(loader):
-            if step >= config.steps:
-                break
+        stream = batches(loader)
+        while step < config.steps:   # not a batch more: a data error in it would fail a finished run
+            batch = next(stream)
             pretrain = step < config.pretrain_steps
             frames = batch_size_of(batch) * world
             batch = _to_device(batch, device, channels_last)
