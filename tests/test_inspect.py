@@ -129,6 +129,24 @@ def test_unwritable_picture_folder_is_one_line_before_the_checks(dataset, tmp_pa
                                         f"({tmp_path / 'file'} is not a folder)"]
 
 
+def test_default_picture_folder_unwritable_still_checks(dataset, tmp_path, capsys, monkeypatch):
+    """No --out, and a working directory one may not write: the checks run, the pictures are skipped."""
+    blocker = tmp_path / "cwd"
+    blocker.mkdir()
+    monkeypatch.chdir(blocker)
+    from render import atomic
+
+    def refuse(path, folder=False):
+        raise atomic.WriteError(f"{path}: cannot write (Read-only file system)")
+
+    monkeypatch.setattr("training.inspect.check_writable", refuse)
+    rc, out, err = _run(capsys, dataset)
+    assert rc == 0 and "OK" in out and "pictures:" not in out
+    assert err.strip().splitlines() == [f"inspect-shards: no pictures: inspect-{dataset.name}: cannot write "
+                                        f"(Read-only file system); give --out"]
+    assert not list(blocker.iterdir())
+
+
 def test_counts_missing_and_truncated_shards(copy, tmp_path, capsys):
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["count"] += 1

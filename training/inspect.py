@@ -450,8 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_writable(out, folder=True)   # before the checks, which read every sample
     except WriteError as err:
-        print(f"inspect-shards: error: {err}", file=sys.stderr)
-        return 2
+        if args.out is not None:
+            print(f"inspect-shards: error: {err}", file=sys.stderr)
+            return 2
+        # Only the default folder (in a working directory one may not write): check all the same.
+        print(f"inspect-shards: no pictures: {err}; give --out", file=sys.stderr)
+        out = None
     inputs = []
     for path in args.paths:
         found = find_inputs(path) if path.is_dir() else []
@@ -467,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in r.stats.items():
             print(f"  {key}: {value}")
     try:
-        written = write_pictures(reports, out)
+        written = write_pictures(reports, out) if out is not None else []
     except WriteError as err:   # the checks above still stand; their problems are listed below
         print(f"inspect-shards: error: {err}", file=sys.stderr)
         written = None
