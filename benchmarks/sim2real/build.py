@@ -32,6 +32,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -178,7 +179,7 @@ def _render_chunk(split: str, start: int, stop: int, n: int, folder: str, fitted
 
 
 def build_split(split: str, n: int, out: Path, pool: futures.Executor, fitted: tgt.FittedPoses,
-                meta: dict) -> list[dict]:
+                meta: dict, check_background: Callable[[], None]) -> list[dict]:
     folder = out / SPLIT_FOLDERS[split]
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
@@ -197,6 +198,7 @@ def build_split(split: str, n: int, out: Path, pool: futures.Executor, fitted: t
             part = job.result()
             rows += part
             bar.update(len(part))
+            check_background()
     rows.sort(key=lambda r: r["index"])
     labelled = split != "unlabeled"
     tgt.finish_capture(tmp, folder, [r["uvd"] for r in rows] if labelled else None, meta)
@@ -249,8 +251,9 @@ def build(args: argparse.Namespace) -> dict:
         sizes = {"test": preset.test, "train": preset.train, "unlabeled": preset.unlabeled}
         rows = {}
         ctx = multiprocessing.get_context("spawn")  # a fresh GL context and torch per worker
-        with futures.ProcessPoolExecutor(args.workers, ctx, initializer=_init_worker,
-                                         initargs=(holes, args.seed, labels)) as pool:
+        pool = futures.ProcessPoolExecutor(args.workers, ctx, initializer=_init_worker,
+                                           initargs=(holes, args.seed, labels))
+        try:   # not a with-block: a failure cancels the queued chunks instead of waiting for them
             # Fixed chunks (not one per worker) so that the fitted poses do not depend on --workers.
             jobs = {}
             for split in tgt.SPLITS:
@@ -262,9 +265,9 @@ def build(args: argparse.Namespace) -> dict:
                 for job in futures.as_completed([j for js in jobs.values() for j in js]):
                     job.result()
                     bar.update()
+                    check_background()
             fitted = {split: tgt.FittedPoses.concat([j.result() for j in js]) for split, js in jobs.items()}
             timings["fit_s"] = time.perf_counter() - t
-            check_background()
             print(f"fitted {sum(len(f.nyu_index) for f in fitted.values())} NYU poses in {timings['fit_s']:.1f} s",
                   flush=True)
             t = time.perf_counter()
@@ -273,8 +276,7 @@ def build(args: argparse.Namespace) -> dict:
                                   "real-capture hole patterns, NYU poses, out-of-distribution hand shapes, scene surfaces)",
                         "nyu_test_frames": [int(i) for i in fitted[split].nyu_index],
                         "seed": args.seed, "split": split}
-                rows[split] = build_split(split, sizes[split], out, pool, fitted[split], meta)
-                check_background()
+                rows[split] = build_split(split, sizes[split], out, pool, fitted[split], meta, check_background)
                 if split == "train":
                     r = rows["train"]
                     batch = tgt.PoseBatch(np.stack([x["hand_pose"] for x in r]).astype(np.float32),
@@ -291,6 +293,8 @@ def build(args: argparse.Namespace) -> dict:
                          "--views", "1", "--sensor", "clean", "--seed", str(args.seed), "--shard-size",
                          str(preset.shard_size), *extra], out / "pairs", out / ".pairs.log")
                     commands["pairs"] = {"cwd": "pairs", "argv": ["render-hands", *pairs_cmd[3:]]}
+        finally:
+            pool.shutdown(cancel_futures=True)
         timings["target_s"] = time.perf_counter() - t
         t = time.perf_counter()
         check(source_proc, out / ".source.log", finish=True)
