@@ -251,9 +251,8 @@ def build(args: argparse.Namespace) -> dict:
         sizes = {"test": preset.test, "train": preset.train, "unlabeled": preset.unlabeled}
         rows = {}
         ctx = multiprocessing.get_context("spawn")  # a fresh GL context and torch per worker
-        pool = futures.ProcessPoolExecutor(args.workers, ctx, initializer=_init_worker,
-                                           initargs=(holes, args.seed, labels))
-        try:   # not a with-block: a failure cancels the queued chunks instead of waiting for them
+        with futures.ProcessPoolExecutor(args.workers, ctx, initializer=_init_worker,
+                                         initargs=(holes, args.seed, labels)) as pool:
             # Fixed chunks (not one per worker) so that the fitted poses do not depend on --workers.
             jobs = {}
             for split in tgt.SPLITS:
@@ -293,8 +292,6 @@ def build(args: argparse.Namespace) -> dict:
                          "--views", "1", "--sensor", "clean", "--seed", str(args.seed), "--shard-size",
                          str(preset.shard_size), *extra], out / "pairs", out / ".pairs.log")
                     commands["pairs"] = {"cwd": "pairs", "argv": ["render-hands", *pairs_cmd[3:]]}
-        finally:
-            pool.shutdown(cancel_futures=True)
         timings["target_s"] = time.perf_counter() - t
         t = time.perf_counter()
         check(source_proc, out / ".source.log", finish=True)
@@ -403,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, tgt.TargetError) as err:
         print(f"sim2real build: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"sim2real build: interrupted; {args.out} has no build.json, so it is not a complete build: "
+              f"run the same command again (source/ and pairs/ resume)", file=sys.stderr)
+        return 130
     loc = record["localization"]["test"]
     print(f"built {args.out} in {record['timings_s']['total_s']:.0f} s: {record['counts']}; hand localised on "
           f"{100 * loc['hit_rate']:.1f} % of target_test frames (within {loc['tolerance_mm']:.0f} mm)")
