@@ -235,6 +235,9 @@ def test_plan_refuses_missing_data_and_lists_every_row(tmp_path, shared):
         (tmp_path / part).mkdir()
     for part in ("target_train", "target_unlabeled", "target_test"):
         (tmp_path / part).symlink_to(shared / "real_samples/realsense_sr305/seq_a")
+    with pytest.raises(run.BenchmarkError, match="no build.json, so not a complete build"):
+        run.plan(tmp_path, "small", tmp_path / "runs")         # an interrupted build
+    (tmp_path / "build.json").write_text("{}")
     rows = run.plan(tmp_path, "small", tmp_path / "runs")      # a pool of 8 frames: n = all only
     assert [r.label for r in rows] == ["synthetic-only", "supervised n=all", "murauer n=all", "feature-mapping n=all",
                                        "simgan", "aign", "twins-only n=all"]
@@ -246,6 +249,21 @@ def test_plan_refuses_missing_data_and_lists_every_row(tmp_path, shared):
     again = run.plan(tmp_path, "small", tmp_path / "runs", seed=1)    # another seed: its own folders
     assert all("--seed 1" in r.command and r.run.parent.name == "seed1" for r in again)
     assert not {r.run for r in rows} & {r.run for r in again}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0", "-1"], "--seeds must be >= 0, got 0 -1"),
+    (["--steps", "10", "4"], "--steps PRETRAIN TOTAL needs 0 <= PRETRAIN < TOTAL"),
+    (["--steps", "-1", "4"], "--steps PRETRAIN TOTAL needs 0 <= PRETRAIN < TOTAL"),
+    (["--out", "/proc/sim2real-runs"], "/proc/sim2real-runs: cannot write"),
+])
+def test_runner_refuses_bad_arguments_before_anything_runs(tmp_path, capsys, args, message):
+    run = _runner()
+    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), *args]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_seeds_are_aggregated_per_row():

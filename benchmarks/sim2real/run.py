@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import machine, write_section  # noqa: E402
-from render.atomic import write_json  # noqa: E402
+from render.atomic import WriteError, check_writable, write_json  # noqa: E402
 from training.figures import save_figure  # noqa: E402
 
 DOCS = ROOT / "docs"
@@ -104,6 +104,9 @@ def plan(data: Path, preset: str, out: Path, steps: tuple[int, int] | None = Non
     for part in ("source", "pairs", "target_train", "target_unlabeled", "target_test"):
         if not (data / part).is_dir():
             raise BenchmarkError(f"{data / part}: missing (build the data with benchmarks/sim2real/build.py)")
+    if not (data / "build.json").is_file():
+        raise BenchmarkError(f"{data}: no build.json, so not a complete build (build.py writes it last); "
+                             f"run the build command again")
     pool = _capture_frames(data / "target_train")
     _capture_frames(data / "target_unlabeled")
     _capture_frames(data / "target_test")
@@ -213,10 +216,14 @@ def run_row(row: Row, scoring: Scoring, settings: dict) -> dict:
         result = json.loads(done.read_text())
         if (result.get("command") == row.command and result.get("settings") == settings
                 and "palm_centred_error_mm" in result and set(scoring.samples) <= set(result["real_samples_uvd"])):
+            print(f"    read back from {done}", flush=True)
             return result
     # A finished run of these settings returns at once (and keeps its clock); other settings are
     # resumed or refused by train-mapping's own check.
-    if train_mapping(list(row.args)) != 0:
+    status = train_mapping(list(row.args))
+    if status == 130:
+        raise KeyboardInterrupt
+    if status != 0:
         raise BenchmarkError(f"{row.run}: {row.command} failed (its error is above)")
     # The run's own clock (its last training invocation), so a row trained earlier keeps its time.
     seconds = json.loads((row.run / "summary.json").read_text())["seconds"]
@@ -390,6 +397,8 @@ def plot_refined(run: Path, data: Path, path: Path, count: int = 6) -> None:
     from training.predict import load_model
 
     method, config = load_model(run / "checkpoint.pt")
+    target = load_capture(data / "target_test")
+    count = min(count, len(target))
     shards = open_shards(data / "source")
     crops = []
     for _, files in iter_shard(shards.shards[0][0]):
@@ -401,7 +410,7 @@ def plot_refined(run: Path, data: Path, path: Path, count: int = 6) -> None:
     syn = torch.from_numpy(np.stack(crops))[:, None]
     with torch.no_grad():
         refined = method.refiner(syn)
-    real = crop_frames(load_capture(data / "target_test"), config, list(range(count))).images
+    real = crop_frames(target, config, list(range(count))).images
     fig, axes = plt.subplots(4, count, figsize=(1.8 * count, 7.6), squeeze=False)
     rows = (("synthetic", syn), ("refined", refined), ("refined - synthetic", refined - syn), ("real (target)", real))
     for i, (name, images) in enumerate(rows):
@@ -440,12 +449,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
                    help="the shared data folder whose real_samples/ every model is shown (default: ../shared "
                         "beside the repo)")
-    p.add_argument("--docs", type=Path, default=DOCS, help="where the table's pictures go (default docs/)")
+    p.add_argument("--docs", type=Path, default=DOCS,
+                   help="where the table (a section of DOCS/benchmarks.md) and its pictures go (default docs/)")
     p.add_argument("--no-report", action="store_true", help="run and score, leave docs/ alone")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     try:
+        if any(seed < 0 for seed in args.seeds):
+            raise BenchmarkError(f"--seeds must be >= 0, got {' '.join(map(str, args.seeds))}")
+        if args.steps and not 0 <= args.steps[0] < args.steps[1]:
+            raise BenchmarkError(f"--steps PRETRAIN TOTAL needs 0 <= PRETRAIN < TOTAL (the methods train "
+                                 f"after pre-training), got {args.steps[0]} {args.steps[1]}")
+        check_writable(args.out, folder=True)
         rows = [row for seed in args.seeds for row in plan(args.data, args.preset, args.out, args.steps, seed)]
-    except BenchmarkError as err:
+    except (BenchmarkError, WriteError) as err:
         print(f"sim2real: error: {err}", file=sys.stderr)
         return 2
     settings = json.loads((args.out / f"{args.preset}.json").read_text())
@@ -463,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         except BenchmarkError as err:
             print(f"sim2real: error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("sim2real: interrupted; run the same command to finish the table (finished rows are read "
+                  "back, the interrupted one resumes)", file=sys.stderr)
+            return 130
         result["nyu_real_error_mm"] = nyu_real_error(result, samples)
         print(f"    {row.label}, seed {row.seed}: {result['mean_error_mm']:.2f} mm on {result['frames']} target_test "
               f"frames ({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
@@ -483,9 +504,11 @@ def main(argv: list[str] | None = None) -> int:
         plot_refined(simgan.run, args.data, args.docs / "simgan_refined.png")
     build = args.data / "build.json"
     seeds = " ".join(map(str, args.seeds))
+    smoke = (f" A SMOKE RUN: --steps {args.steps[0]} {args.steps[1]} instead of the preset's schedule; these are "
+             f"not the preset's figures." if args.steps else "")
     body = (f"## Sim-to-real table ({args.preset} preset)\n\n"
-            f"`python benchmarks/sim2real/run.py --data {args.data} --preset {args.preset} --out {args.out} "
-            f"--seeds {seeds}` on {machine()}: {len(rows)} runs, "
+            f"`python benchmarks/sim2real/run.py {' '.join(shlex.quote(a) for a in argv)}` on {machine()}:{smoke} "
+            f"{len(rows)} runs, "
             f"{sum(r['train_seconds'] for r in results) / 60:.1f} min of training in all (each run's own clock); "
             f"this invocation {elapsed / 60:.1f} min (rows whose folder held a result of the same settings were read, "
             f"not re-run). "
@@ -497,13 +520,14 @@ def main(argv: list[str] | None = None) -> int:
             f"from the means. {TWINS} is a diagnostic, not a method: synthetic-only trained on the clean twins of "
             f"every target_train frame (their poses and hands, no real pixel), so the part of the gap it closes is "
             f"content, the rest appearance. "
-            f"The NYU column is the one labelled real Kinect frame in ../shared/real_samples (a smoke test on a real "
-            f"sensor, one frame; seed 0's models in the overlays). Curves: docs/sim2real_curves.png; "
-            + ("real-sensor overlays: docs/sim2real_real_frames.png; " if samples else "no real-sensor overlays "
+            f"The NYU column is the one labelled real Kinect frame in {args.shared / 'real_samples'} (a smoke test on "
+            f"a real sensor, one frame; seed 0's models in the overlays). Beside this file: curves "
+            f"sim2real_curves.png; "
+            + ("real-sensor overlays sim2real_real_frames.png; " if samples else "no real-sensor overlays "
                f"(no real sample captures under {args.shared / 'real_samples'}); ")
-            + "SimGAN refinements: docs/simgan_refined.png.\n\n"
+            + "SimGAN refinements simgan_refined.png.\n\n"
             + table(merged, upper))
-    write_section(f"sim2real {args.preset}", body)
+    write_section(f"sim2real {args.preset}", body, args.docs / "benchmarks.md")
     print(table(merged, upper))
     return 0
 
