@@ -213,10 +213,20 @@ def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, caps
     assert scored["settings"]["steps"] == 2
     old.write_text(json.dumps({k: v for k, v in scored.items() if k != "palm_centred_error_mm"}))
     checkpoint = (old.parent / "checkpoint.pt").stat().st_mtime_ns
-    assert run.main(args) == 0                                         # everything read back, nothing trained
+    # Read back, and this time the report: into --docs, the repository's docs untouched.
+    documented = (REPO / "docs" / "benchmarks.md").read_bytes()
+    docs = tmp_path / "docs"
+    report = [*args[:-1], "--docs", str(docs)]
+    assert run.main(report) == 0                                       # everything read back, nothing trained
     again = capsys.readouterr().out
     assert again.count(" steps, ") == 1 and again[again.index("| method |"):] == table   # aign's run, finished
+    assert again.count("read back from") == 2 * len(rows) - 1
     assert json.loads(old.read_text()) == scored and (old.parent / "checkpoint.pt").stat().st_mtime_ns == checkpoint
+    section = (docs / "benchmarks.md").read_text()
+    assert "A SMOKE RUN: --steps 1 2" in section and " ".join(report) in section and table.strip() in section
+    assert all((docs / name).stat().st_size > 1000     # the tiny build has 3 test frames: SimGAN's picture too
+               for name in ("sim2real_curves.png", "sim2real_real_frames.png", "simgan_refined.png"))
+    assert (REPO / "docs" / "benchmarks.md").read_bytes() == documented
     # Other settings into the same folders: train-mapping refuses them, no result of the old ones is reused.
     assert run.main([*args[:args.index("--steps")], "--steps", "2", "3", "--seeds", "0", "--no-report"]) == 2
     assert "different settings (pretrain_steps" in capsys.readouterr().err

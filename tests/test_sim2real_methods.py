@@ -252,18 +252,31 @@ def test_plan_refuses_missing_data_and_lists_every_row(tmp_path, shared):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--seeds", "0", "-1"], "--seeds must be >= 0, got 0 -1"),
-    (["--steps", "10", "4"], "--steps PRETRAIN TOTAL needs 0 <= PRETRAIN < TOTAL"),
-    (["--steps", "-1", "4"], "--steps PRETRAIN TOTAL needs 0 <= PRETRAIN < TOTAL"),
-    (["--out", "/proc/sim2real-runs"], "/proc/sim2real-runs: cannot write"),
+    (["--seeds", "0", "-1", "--no-report"], "--seeds must be distinct and >= 0, got 0 -1"),
+    (["--seeds", "0", "0", "--no-report"], "--seeds must be distinct and >= 0, got 0 0"),
+    (["--steps", "10", "4", "--no-report"], "--steps PRETRAIN TOTAL needs 0 <= PRETRAIN < TOTAL"),
+    (["--steps", "-1", "4", "--no-report"], "--steps PRETRAIN TOTAL needs 0 <= PRETRAIN < TOTAL"),
+    (["--steps", "1", "4"], "--steps makes a smoke run: give --docs DIR or --no-report"),
+    (["--docs", "DATA/build.json"], "build.json: cannot write (not a folder)"),
 ])
-def test_runner_refuses_bad_arguments_before_anything_runs(tmp_path, capsys, args, message):
+def test_runner_refuses_bad_arguments_before_anything_runs(tmp_path, shared, capsys, args, message):
     run = _runner()
-    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), *args]
-    assert run.main(argv) == 2
+    data = tmp_path / "data"
+    for part in ("source", "pairs"):
+        (data / part).mkdir(parents=True)
+    for part in ("target_train", "target_unlabeled", "target_test"):
+        (data / part).symlink_to(shared / "real_samples/realsense_sr305/seq_a")
+    (data / "build.json").write_text("{}")
+    args = [a.replace("DATA", str(data)) for a in args]
+    assert run.main(["--data", str(data), "--out", str(tmp_path / "runs"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_runner_refuses_an_unwritable_out(tmp_path, capsys):
+    assert _runner().main(["--data", str(tmp_path), "--out", "/proc/sim2real-runs", "--no-report"]) == 2
+    assert capsys.readouterr().err == "sim2real: error: /proc/sim2real-runs: cannot write (No such file or directory)\n"
 
 
 def test_seeds_are_aggregated_per_row():

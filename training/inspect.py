@@ -446,6 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="folder for the pictures (default: ./inspect-NAME)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    inputs = []
+    for path in args.paths:
+        found = find_inputs(path) if path.is_dir() else []
+        if not found:
+            print(f"inspect-shards: error: {path}: no manifest.json or capture.json here", file=sys.stderr)
+            return 2
+        inputs += found
     out = args.out or Path(f"inspect-{args.paths[0].resolve().name}")
     try:
         check_writable(out, folder=True)   # before the checks, which read every sample
@@ -456,13 +463,6 @@ def main(argv: list[str] | None = None) -> int:
         # Only the default folder (in a working directory one may not write): check all the same.
         print(f"inspect-shards: no pictures: {err}; give --out", file=sys.stderr)
         out = None
-    inputs = []
-    for path in args.paths:
-        found = find_inputs(path) if path.is_dir() else []
-        if not found:
-            print(f"inspect-shards: error: {path}: no manifest.json or capture.json here", file=sys.stderr)
-            return 2
-        inputs += found
     reports = [inspect_shards(path, not args.quiet) if kind == "synthetic" else inspect_capture(path, not args.quiet)
                for kind, path in inputs]
     for r in reports:

@@ -178,6 +178,18 @@ def _render_chunk(split: str, start: int, stop: int, n: int, folder: str, fitted
     return out
 
 
+def _check_or_cancel(check_background: Callable[[], None], jobs: list[futures.Future]) -> None:
+    """check_background(); when it fails, the chunks not yet started are cancelled, so the pool's
+    exit waits only for those running (Future.cancel, not a cancelling pool shutdown: that could
+    hang on Ctrl-C while workers were starting)."""
+    try:
+        check_background()
+    except BuildError:
+        for job in jobs:
+            job.cancel()
+        raise
+
+
 def build_split(split: str, n: int, out: Path, pool: futures.Executor, fitted: tgt.FittedPoses,
                 meta: dict, check_background: Callable[[], None]) -> list[dict]:
     folder = out / SPLIT_FOLDERS[split]
@@ -198,7 +210,7 @@ def build_split(split: str, n: int, out: Path, pool: futures.Executor, fitted: t
             part = job.result()
             rows += part
             bar.update(len(part))
-            check_background()
+            _check_or_cancel(check_background, jobs)
     rows.sort(key=lambda r: r["index"])
     labelled = split != "unlabeled"
     tgt.finish_capture(tmp, folder, [r["uvd"] for r in rows] if labelled else None, meta)
@@ -261,10 +273,11 @@ def build(args: argparse.Namespace) -> dict:
                                for s in range(0, len(frames), FIT_CHUNK)]
             total = sum(len(j) for j in jobs.values())
             with tqdm(total=total, desc="fitting NYU poses", unit="chunk") as bar:
-                for job in futures.as_completed([j for js in jobs.values() for j in js]):
+                queued = [j for js in jobs.values() for j in js]
+                for job in futures.as_completed(queued):
                     job.result()
                     bar.update()
-                    check_background()
+                    _check_or_cancel(check_background, queued)
             fitted = {split: tgt.FittedPoses.concat([j.result() for j in js]) for split, js in jobs.items()}
             timings["fit_s"] = time.perf_counter() - t
             print(f"fitted {sum(len(f.nyu_index) for f in fitted.values())} NYU poses in {timings['fit_s']:.1f} s",

@@ -23,10 +23,10 @@ checkpoint). A result of other settings is handed back to train-mapping, which r
 where its resume rules allow the change and otherwise refuses the folder, so a table never mixes
 settings.
 
-Writes the "sim2real <preset>" section of docs/benchmarks.md, docs/sim2real_curves.png,
-docs/sim2real_real_frames.png (predictions of every model on the real frames in
+Writes the "sim2real <preset>" section of DOCS/benchmarks.md, DOCS/sim2real_curves.png,
+DOCS/sim2real_real_frames.png (predictions of every model on the real frames in
 SHARED/real_samples, ../shared by default: the stand-in must not hide a failure on real sensors)
-and docs/simgan_refined.png.
+and DOCS/simgan_refined.png; DOCS is docs/ unless --docs says otherwise.
 """
 
 from __future__ import annotations
@@ -407,6 +407,7 @@ def plot_refined(run: Path, data: Path, path: Path, count: int = 6) -> None:
         crops.append(crop_shard_sample(sample, CropConfig(config.cube_mm, config.crop_size)).image)
         if len(crops) == count:
             break
+    count = len(crops)   # a first shard shorter than count
     syn = torch.from_numpy(np.stack(crops))[:, None]
     with torch.no_grad():
         refined = method.refiner(syn)
@@ -427,7 +428,7 @@ def plot_refined(run: Path, data: Path, path: Path, count: int = 6) -> None:
 
 
 def _build_summary(path: Path) -> str:
-    """' (preset, seed, frame counts)' from the data's build.json, or '' without one."""
+    """' (preset, seed, frame counts)' from the data's build.json, or '' where it lacks them."""
     try:
         b = json.loads(path.read_text())
         counts = ", ".join(f"{k} {v}" for k, v in b["counts"].items())
@@ -455,16 +456,34 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     try:
-        if any(seed < 0 for seed in args.seeds):
-            raise BenchmarkError(f"--seeds must be >= 0, got {' '.join(map(str, args.seeds))}")
+        if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) < len(args.seeds):
+            raise BenchmarkError(f"--seeds must be distinct and >= 0, got {' '.join(map(str, args.seeds))}")
         if args.steps and not 0 <= args.steps[0] < args.steps[1]:
             raise BenchmarkError(f"--steps PRETRAIN TOTAL needs 0 <= PRETRAIN < TOTAL (the methods train "
                                  f"after pre-training), got {args.steps[0]} {args.steps[1]}")
+        if args.steps and not args.no_report and "--docs" not in argv:
+            raise BenchmarkError("--steps makes a smoke run: give --docs DIR or --no-report, so that the "
+                                 "documented table in docs/benchmarks.md is not replaced")
         check_writable(args.out, folder=True)
+        if not args.no_report:
+            check_writable(args.docs, folder=True)
         rows = [row for seed in args.seeds for row in plan(args.data, args.preset, args.out, args.steps, seed)]
     except (BenchmarkError, WriteError) as err:
         print(f"sim2real: error: {err}", file=sys.stderr)
         return 2
+    try:
+        return _run_table(args, argv, rows)
+    except BenchmarkError as err:
+        print(f"sim2real: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sim2real: interrupted; run the same command to finish the table (finished rows are read back, "
+              "an interrupted run resumes from its checkpoint if it saved one)", file=sys.stderr)
+        return 130
+
+
+def _run_table(args: argparse.Namespace, argv: list[str], rows: list[Row]) -> int:
+    """Train or read back every row, then write the report."""
     settings = json.loads((args.out / f"{args.preset}.json").read_text())
     samples = real_sample_captures(args.shared)
     if not samples:
@@ -475,15 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for i, row in enumerate(rows, 1):
         print(f"[{i}/{len(rows)}] {row.label}, seed {row.seed}: {row.command}", flush=True)
-        try:
-            result = run_row(row, scoring, settings)
-        except BenchmarkError as err:
-            print(f"sim2real: error: {err}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("sim2real: interrupted; run the same command to finish the table (finished rows are read "
-                  "back, the interrupted one resumes)", file=sys.stderr)
-            return 130
+        result = run_row(row, scoring, settings)
         result["nyu_real_error_mm"] = nyu_real_error(result, samples)
         print(f"    {row.label}, seed {row.seed}: {result['mean_error_mm']:.2f} mm on {result['frames']} target_test "
               f"frames ({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
@@ -521,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             f"every target_train frame (their poses and hands, no real pixel), so the part of the gap it closes is "
             f"content, the rest appearance. "
             f"The NYU column is the one labelled real Kinect frame in {args.shared / 'real_samples'} (a smoke test on "
-            f"a real sensor, one frame; seed 0's models in the overlays). Beside this file: curves "
+            f"a real sensor, one frame; seed {args.seeds[0]}'s models in the overlays). Beside this file: curves "
             f"sim2real_curves.png; "
             + ("real-sensor overlays sim2real_real_frames.png; " if samples else "no real-sensor overlays "
                f"(no real sample captures under {args.shared / 'real_samples'}); ")
