@@ -8,26 +8,23 @@ residual_mm (N,) from fitting.
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from render.atomic import write_atomically
+
 from .prior import PoseBatch
 
 
 def save_pose_file(path: str | Path, batch: PoseBatch, **extra: np.ndarray) -> None:
-    """Write atomically (temporary name, then rename; as render.atomic does, which this lowest
-    layer does not import), leaving no temporary behind on failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
+    """Write whole or not at all (render.atomic); WriteError names the file."""
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, hand_pose=batch.hand_pose, betas=batch.betas, global_orient=batch.global_orient, **extra)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomically(path, write)
 
 
 def load_pose_file(path: str | Path, num_betas: int | None = None) -> tuple[PoseBatch, dict[str, np.ndarray]]:

@@ -3,8 +3,8 @@
 The files render, training and the benchmarks write go to a temporary name in their folder and
 are renamed over the target, so a crash, a kill or a full disk never leaves half a file under the
 real name (a resumed job trusts what it finds), and a failed write leaves no temporary behind.
-(Shards stream through render.shards.ShardWriter the same way; hand_models, the layer below
-render, does it in its own pose-file writer.)
+(Shards stream through render.shards.ShardWriter the same way. This module imports nothing of
+the project, so hand_models' pose files use it too.)
 """
 
 from __future__ import annotations
