@@ -148,7 +148,25 @@ def read_manifest(directory: str | Path) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format version {manifest.get('format_version')} is not "
                          f"{FORMAT_VERSION}")
+    try:   # every reader trusts these fields: checked once, here
+        for record in manifest.get("shards", []):
+            if not isinstance(record.get("name"), str):
+                raise ValueError(f"expected a shard name, got {record.get('name')!r}")
+            _count(record["count"])
+            if not isinstance(record["sha256"], str) or len(record["sha256"]) != 64:
+                raise ValueError(f"expected a sha256, got {record['sha256']!r}")
+        for key in ("count", "views"):
+            if key in manifest:
+                _count(manifest[key])
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: malformed manifest ({type(err).__name__}: {err})") from None
     return manifest
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a count, got {value!r}")
+    return value
 
 
 def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -201,3 +201,13 @@ def test_flexion_of_straight_and_bent_finger():
     assert np.allclose(flexion_angles(xyz)[[4, 5]], 0, atol=1e-6)  # index PIP, DIP straight
     xyz[8] = xyz[7] + [0, 0, -30.0]  # index tip bent 90 deg at the DIP
     assert flexion_angles(xyz)[5] == pytest.approx(90.0)
+
+
+def test_malformed_manifest_record_is_one_problem(copy, tmp_path, capsys):
+    """A shard record whose count is not a count (read_manifest checks every record for every reader)."""
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][1]["count"] = "lots"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    rc, out, err = _run(capsys, copy, "--out", tmp_path / "pics")
+    assert rc == 1 and "Traceback" not in err
+    assert f"inspect-shards: {copy / 'manifest.json'}: malformed manifest (ValueError: expected a count, got 'lots')" in err
