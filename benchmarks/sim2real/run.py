@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
                    help="the shared data folder whose real_samples/ every model is shown (default: ../shared "
                         "beside the repo)")
-    p.add_argument("--docs", type=Path, default=DOCS,
+    p.add_argument("--docs", type=Path,
                    help="where the table (a section of DOCS/benchmarks.md) and its pictures go (default docs/)")
     p.add_argument("--no-report", action="store_true", help="run and score, leave docs/ alone")
     argv = sys.argv[1:] if argv is None else argv
@@ -461,9 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps and not 0 <= args.steps[0] < args.steps[1]:
             raise BenchmarkError(f"--steps PRETRAIN TOTAL needs 0 <= PRETRAIN < TOTAL (the methods train "
                                  f"after pre-training), got {args.steps[0]} {args.steps[1]}")
-        if args.steps and not args.no_report and "--docs" not in argv:
+        if args.steps and not args.no_report and args.docs is None:
             raise BenchmarkError("--steps makes a smoke run: give --docs DIR or --no-report, so that the "
                                  "documented table in docs/benchmarks.md is not replaced")
+        args.docs = args.docs or DOCS
         check_writable(args.out, folder=True)
         if not args.no_report:
             check_writable(args.docs, folder=True)
