@@ -422,7 +422,7 @@ def plot_refined(run: Path, data: Path, path: Path, count: int = 6) -> None:
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
         axes[i, 0].set_ylabel(name, fontsize=8)
-    fig.suptitle("SimGAN refiner: synthetic source crops, refined, difference (+-30 mm), real target crops", fontsize=9)
+    fig.suptitle("SimGAN refiner: synthetic source crops, refined,\ndifference (+-30 mm), real target crops", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
