@@ -156,6 +156,21 @@ def test_wrong_depth_unit_is_flagged(tmp_path, stored_scale, declared_scale):
     assert load_capture(root, check_units=False).depth_scale_mm == declared_scale
 
 
+def test_unit_check_passes_over_frames_without_a_hand(tmp_path):
+    """A recording that starts and ends before the hand is in view still loads, its depth unit
+    still checked on the frames that show the hand; one with no hand at all is refused."""
+    empty = np.zeros((480, 640), np.uint16)
+    frames = {"0.png": empty, "1.png": _hand_frame(), "2.png": empty, "3.png": _hand_frame(), "4.png": empty}
+    assert len(load_capture(_capture(tmp_path, META, frames))) == 5
+    shutil.rmtree(tmp_path / "cap")
+    wrong = {**frames, "1.png": _hand_frame(0.125), "3.png": _hand_frame(0.125)}
+    with pytest.raises(CaptureError, match="1.png: depths implausible"):
+        load_capture(_capture(tmp_path, META, wrong))
+    shutil.rmtree(tmp_path / "cap")
+    with pytest.raises(CaptureError, match="no hand found in any of the 3 frames checked"):
+        load_capture(_capture(tmp_path, META, {"0.png": empty, "1.png": empty, "2.png": empty}))
+
+
 @needs_samples
 def test_real_sr305_with_wrong_unit_is_flagged(tmp_path):
     meta = json.loads((SAMPLES / "realsense_sr305" / "seq_a" / "capture.json").read_text())

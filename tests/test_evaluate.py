@@ -77,7 +77,10 @@ def test_presets_and_custom_intrinsics(tmp_path, capsys):
         results[extra[1]] = json.loads(capsys.readouterr().out)
     assert results["msra"]["mean_error_mm"] == pytest.approx(results["custom"]["mean_error_mm"])
     assert results["msra"]["mean_error_mm"] != pytest.approx(results["nyu"]["mean_error_mm"])
-    assert list(results["nyu"]["per_joint_mm"])[0] == "wrist"  # 21 joints named by column count
+    # 21 joints come in a different order in every dataset: not named by column count alone.
+    assert list(results["msra"]["per_joint_mm"])[:2] == list(results["nyu"]["per_joint_mm"])[:2] == ["joint_0", "joint_1"]
+    assert main(["--pred", str(p), "--gt", str(g), "--json", "--joints", "21"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["per_joint_mm"])[:2] == ["wrist", "thumb_cmc"]
     assert main(["--pred", str(p), "--gt", str(g), "--dataset", "custom"]) == 2
     assert "--intrinsics" in capsys.readouterr().err
     assert main(["--pred", str(p), "--gt", str(g), "--dataset", "icvl", "--intrinsics", str(tmp_path / "cam.json")]) == 2
@@ -100,6 +103,9 @@ def test_a_captures_labels_are_scored_with_its_own_camera(tmp_path, capsys):
         results[" ".join(extra)] = json.loads(capsys.readouterr().out)["mean_error_mm"]
     assert results[""] == pytest.approx(results["--dataset icvl"])
     assert results[""] != pytest.approx(results["--dataset nyu"])
+    assert main(["--pred", str(p), "--gt", str(g)]) == 0
+    assert capsys.readouterr().out.startswith(f"camera: {capture / 'capture.json'} (beside --gt): fx 241.42 fy 241.42 "
+                                              "cx 160 cy 120\nframes: 5  joints: 14\n")
     (capture / "capture.json").write_text(json.dumps({"intrinsics": {"fx": "241"}}))
     assert main(["--pred", str(p), "--gt", str(g)]) == 2
     err = capsys.readouterr().err
@@ -113,6 +119,10 @@ def test_plot_is_written(tmp_path):
     assert main(["--pred", str(p), "--gt", str(g), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(tmp_path.glob("*.png")) == [out]  # no temporary left behind
+    assert main(["--pred", str(p), "--gt", str(g), "--plot", str(tmp_path / "curve.jpg")]) == 0
+    assert (tmp_path / "curve.jpg").read_bytes()[:2] == b"\xff\xd8"   # the format the name says
+    assert main(["--pred", str(p), "--gt", str(g), "--plot", str(tmp_path / "curve.gif")]) == 2
+    assert not (tmp_path / "curve.gif").exists()
 
 
 @pytest.mark.parametrize("damage, where", [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +187,42 @@ def test_predict_saves_and_reuses_crop_centres(trained, data, tmp_path, capsys):
     assert main(["predict", "--checkpoint", checkpoint, "--real", str(left), "--out", str(tmp_path / "p.txt"),
                  "--centre", str(tmp_path / "two.txt")]) == 2
     assert capsys.readouterr().err == f"train-mapping predict: error: {tmp_path / 'two.txt'}: 2 centres for 1 frames\n"
+    # Centres that cannot be a hand's: off the image, xyz (mm) given for uvd, depth in metres.
+    for bad, message in [("5000 5000 700", "centre 5000 5000 lies outside the 640x480 image"),
+                         ("-145.3 37.9 778.3", "centre -145.3 37.9 lies outside the 640x480 image"),
+                         ("214 272 0.768", "centre depth 0.768 mm is not a hand's distance")]:
+        (tmp_path / "bad.txt").write_text(bad + "\n")
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", checkpoint, "--real", str(left), "--out", str(tmp_path / "p.txt"),
+                     "--centre", str(tmp_path / "bad.txt")]) == 2
+        assert capsys.readouterr().err.startswith(f"train-mapping predict: error: {tmp_path / 'bad.txt'}:1: {message}")
     assert not (tmp_path / "p.txt").exists()
+
+
+def test_predict_warns_in_one_line_of_a_frame_without_a_hand(trained, data, tmp_path):
+    """A recording that ends before the hand leaves the view: every frame is predicted, the
+    empty one at its neighbour's centre, and one warning line says so."""
+    import shutil
+
+    from PIL import Image
+
+    capture = tmp_path / "ends-empty"
+    shutil.copytree(data["nyu"], capture)
+    meta = json.loads((capture / "capture.json").read_text())
+    (capture / "capture.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("labels", "label_joints")}))
+    frame = next(capture.glob("*.png"))
+    empty = np.zeros_like(np.asarray(Image.open(frame)))
+    Image.fromarray(empty).save(capture / "z_empty.png")
+    with pytest.warns(UserWarning) as caught:
+        assert main(["predict", "--checkpoint", str(trained["murauer"] / "checkpoint.pt"), "--real", str(capture),
+                     "--out", str(tmp_path / "p.txt")]) == 0
+    rows = np.loadtxt(tmp_path / "p.txt", ndmin=2)
+    assert rows.shape == (2, 42)
+    np.testing.assert_allclose(rows[1, 0::3].mean(), rows[0, 0::3].mean(), atol=40)   # cropped where frame 0's hand is
+    # As the command shows it (pytest records warnings instead of printing them).
+    shown = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught]
+    assert shown == [f"train-mapping: warning: {capture}: no hand found in 1 of 2 frames (z_empty.png, ...); "
+                     "cropped at a neighbour's centre\n"]
 
 
 def _tensors_equal(a, b) -> bool:

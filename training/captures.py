@@ -55,6 +55,8 @@ LABEL_JOINTS: dict[str, tuple[str, ...]] = {"nyu14": NYU14_NAMES, "21": JOINT_NA
 PLAUSIBLE_NEAR_MM = (100.0, 2500.0)
 PLAUSIBLE_PALM_WIDTH_MM = (30.0, 140.0)
 PLAUSIBLE_HAND_AREA_MM2 = (3000.0, 30000.0)
+UNIT_CHECK_FRAMES = 3     # frames with a hand that check_units looks at ...
+UNIT_CHECK_TRIES = 16     # ... among the first, middle, last and this many spread over the capture
 
 
 class CaptureError(ValueError):
@@ -142,15 +144,28 @@ class Capture:
         labels = None if self.labels_uvd is None else self.labels_uvd[index]
         return crop_hand(self.depth_mm(index), self.intrinsics, centre_uvd, labels, config, augment)
 
-    def check_units(self, indices: list[int] | None = None) -> None:
+    def check_units(self) -> None:
         """Refuse the capture if a checked frame's hand has an implausible distance or size.
 
-        Checks the first, middle and last frame unless told otherwise.
+        Checks UNIT_CHECK_FRAMES frames that show a hand, the first, middle and last first, then
+        others spread over the capture: a capture may well begin or end before the hand is in view.
         """
-        if indices is None:
-            indices = sorted({0, len(self) // 2, len(self) - 1})
-        for i in indices:
-            self.check_location(i, self.locate(i))
+        spread = np.linspace(0, len(self) - 1, min(len(self), UNIT_CHECK_TRIES)).round().astype(int)
+        candidates = list(dict.fromkeys([0, len(self) // 2, len(self) - 1, *spread.tolist()]))
+        checked, first_miss = 0, None
+        for i in candidates:
+            try:
+                loc = self.locate(i)
+            except NoHandError as err:
+                first_miss = first_miss or err
+                continue
+            self.check_location(i, loc)
+            checked += 1
+            if checked == UNIT_CHECK_FRAMES:
+                return
+        if checked == 0:
+            raise CaptureError(f"{self.root}: no hand found in any of the {len(candidates)} frames checked for "
+                               f"depth units ({first_miss})")
 
     def check_location(self, index: int, loc: HandLocation) -> None:
         """Refuse frame `index` if its detected hand is implausible (see check_units)."""

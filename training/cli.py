@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from render.atomic import WriteError, check_writable
@@ -65,7 +66,8 @@ def _predict_parser() -> argparse.ArgumentParser:
                         "of a file (u v d per line, one line per frame)")
     p.add_argument("--save-centres", type=Path, metavar="FILE",
                    help="also write the crop centres used, for --centre FILE next time")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                   help="where to run the network (default auto: cuda when torch sees one)")
     return p
 
 
@@ -102,7 +104,8 @@ def _predict(argv: list[str]) -> int:
             raise WriteError(f"{args.out}: given as both --out and --save-centres")
         if args.centre not in ("detect", "labels") and not Path(args.centre).is_file():
             raise DataError(f"--centre {args.centre}: not detect, labels or a centres file")
-        device = torch.device(args.device)
+        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                              else "cpu")
         method, config = load_model(args.checkpoint, device)
         capture = load_capture(args.real)
         centres = frame_centres(capture, args.centre)
@@ -136,8 +139,14 @@ def _plot(argv: list[str]) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line for a person (a frame without a hand), not a source location."""
+    return f"train-mapping: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warnings.formatwarning = _one_line_warning
     if argv[:1] == ["predict"]:
         return _predict(argv[1:])
     if argv[:1] == ["plot"]:

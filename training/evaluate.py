@@ -26,7 +26,8 @@ import numpy as np
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.atomic import WriteError, check_writable
 from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz
-from training.figures import save_figure
+from render.jsonfile import read_json_object
+from training.figures import figure_format, save_figure
 
 # Intrinsics the published result files were produced with; y_up is the convention of the
 # dataset's own code (distances do not depend on it).
@@ -178,22 +179,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _camera(args: argparse.Namespace) -> tuple[Intrinsics, bool, str, str | None]:
+    """Intrinsics, y_up, where they came from, and the label_joints of a capture.json they came from."""
+    if args.intrinsics is not None:
+        if args.dataset not in (None, "custom"):
+            raise EvalInputError(f"--dataset {args.dataset} has its own intrinsics; give it or --intrinsics, not both")
+        return Intrinsics.from_json(args.intrinsics), False, f"--intrinsics {args.intrinsics}", None
+    if args.dataset == "custom":
+        raise EvalInputError("--dataset custom needs --intrinsics JSON")
+    capture_json = args.gt.parent / "capture.json"
+    if args.dataset is None and capture_json.is_file():
+        # A capture's own labels: its camera, not NYU's, or every millimetre is off.
+        joints = read_json_object(capture_json, "capture.json").get("label_joints")
+        return Intrinsics.from_json(capture_json), False, f"{capture_json} (beside --gt)", joints
+    cam, y_up = DATASETS[args.dataset or "nyu"]
+    return cam, y_up, f"--dataset {args.dataset}" if args.dataset else "nyu (the default)", None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.intrinsics is not None:
-            if args.dataset not in (None, "custom"):
-                raise EvalInputError(f"--dataset {args.dataset} has its own intrinsics; give it or --intrinsics, not both")
-            cam, y_up = Intrinsics.from_json(args.intrinsics), False
-        elif args.dataset == "custom":
-            raise EvalInputError("--dataset custom needs --intrinsics JSON")
-        elif args.dataset is None and (args.gt.parent / "capture.json").is_file():
-            # A capture's own labels: its camera, not NYU's, or every millimetre is off.
-            cam, y_up = Intrinsics.from_json(args.gt.parent / "capture.json"), False
-        else:
-            cam, y_up = DATASETS[args.dataset or "nyu"]
+        cam, y_up, camera_source, label_joints = _camera(args)
         if args.plot:
             check_writable(args.plot)
+            figure_format(args.plot)
         names = JOINT_SETS.get(args.joints)
         expected = None if names is None else len(names)
         gt = load_uvd(args.gt, expected)
@@ -201,12 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         if len(pred) != len(gt):
             raise EvalInputError(f"{args.pred}: {len(pred)} frames but {args.gt} has {len(gt)}")
         if names is None:
-            names = next((n for n in JOINT_SETS.values() if len(n) == gt.shape[1]), None)
+            # 21 joints come in a different order in every dataset (MSRA: wrist, index, ..., thumb):
+            # this project's order only where the capture says so; 14 joints are NYU's subset.
+            names = JOINT_SETS.get(label_joints) or (NYU14_NAMES if gt.shape[1] == len(NYU14_NAMES) else None)
+            names = names if names is not None and len(names) == gt.shape[1] else None
         result = evaluate_uvd(pred, gt, cam, y_up, names)
     except (EvalInputError, ValueError, WriteError) as err:
         print(f"hand-eval: error: {err}", file=sys.stderr)
         return 2
     try:
+        if not args.json:
+            print(f"camera: {camera_source}: fx {cam.fx:g} fy {cam.fy:g} cx {cam.cx:g} cy {cam.cy:g}")
         _print(result, args.json)
     except BrokenPipeError:   # `hand-eval ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -33,7 +33,7 @@ from hand_models.joints import JOINT_NAMES, JOINT_PARENTS
 from render.atomic import WriteError, check_writable
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sha256_file
-from training.captures import CaptureError, load_capture
+from training.captures import CaptureError, load_capture, mirror_intrinsics
 from training.crop import Crop, crop_hand, crop_shard_sample
 from training.localize import centre_from_labels
 from training.figures import save_figure
@@ -303,10 +303,12 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
                 name=f"{root.name}/{cap.frames[i].name}", depth=depth, origin=(0, 0), joints_uvd=labels,
                 joint_set=cap.label_joints, crop=crop_hand(depth, cam, loc.centre_uvd, labels),
                 detected_mask=loc.mask, detected_centre=loc.centre_uvd))
+    own = mirror_intrinsics(cam) if cap.mirrored else cam   # mirroring is its own inverse
     report.stats = {
         "frames": f"{len(cap)} ({cap.sensor or 'sensor not named'}; {cap.hand} hand"
                   f"{', mirrored to right' if cap.mirrored else ''})",
-        "intrinsics": f"fx {cam.fx:g} fy {cam.fy:g} cx {cam.cx:g} cy {cam.cy:g}, {cam.width}x{cam.height}",
+        "intrinsics": f"fx {own.fx:g} fy {own.fy:g} cx {own.cx:g} cy {own.cy:g}, {own.width}x{own.height}"
+                      f"{' (capture.json; the pictures show the mirrored frames)' if cap.mirrored else ''}",
         "depth unit": f"{cap.depth_scale_mm:g} mm ({cap.depth_encoding or 'npy'})",
         "hand depth range (mm)": f"{min(depth_lo):.0f} to {max(depth_hi):.0f}" if depth_lo else "n/a",
         "hand distance, detected centre (mm)": _range(report.centre_depths),

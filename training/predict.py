@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from render.atomic import write_atomically
-from training.captures import Capture, mirror_uvd
+from training.captures import PLAUSIBLE_NEAR_MM, Capture, mirror_uvd
 from training.config import TrainConfig
 from training.data import DataError, crop_frames, detected_centres
 from training.localize import centre_from_labels, load_centres, save_centres
@@ -50,6 +50,13 @@ def frame_centres(capture: Capture, centre: str | Path = "detect") -> np.ndarray
         centres = load_centres(centre, frames=len(capture))
     except ValueError as err:
         raise DataError(str(err)) from None
+    cam, (near, far) = capture.intrinsics, PLAUSIBLE_NEAR_MM
+    for line, (u, v, d) in enumerate(centres, 1):
+        if not (0 <= u <= cam.width - 1 and 0 <= v <= cam.height - 1):
+            raise DataError(f"{centre}:{line}: centre {u:g} {v:g} lies outside the {cam.width}x{cam.height} image")
+        if not near <= d <= far:
+            raise DataError(f"{centre}:{line}: centre depth {d:g} mm is not a hand's distance ({near:.0f}-{far:.0f} "
+                            f"mm; a centres file holds u v d in pixels, pixels, mm)")
     return mirror_uvd(centres, capture.intrinsics.width) if capture.mirrored else centres
 
 
