@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ def merge_parser() -> argparse.ArgumentParser:
         description="Combine the slice manifests of a dataset rendered with --shard-index/--num-shards "
                     "into one DIR/manifest.json, checking every shard's sha256.")
     p.add_argument("out", type=Path, help="dataset folder that receives manifest.json")
-    p.add_argument("sources", type=Path, nargs="*",
+    p.add_argument("sources", type=Path, nargs="*", default=[],
                    help="other folders holding slices of the same dataset; their shards are moved into DIR")
     return p
 
@@ -144,8 +145,24 @@ def main_merge(argv: list[str]) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a batch system's stop) ends the run as Ctrl-C does: workers stopped, resumable."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     try:
         if argv[:1] == ["merge"]:
             return main_merge(argv[1:])
@@ -166,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as err:
         print(f"render-hands: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("render-hands: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -215,7 +215,9 @@ class Synthesizer:
         else:
             beyond = " (beyond --n, placed with its render chunk)" if index >= cfg.n else ""
             raise RuntimeError(f"{cfg.camera_source}: sample {index}'s hand{beyond} does not fit in the camera's "
-                               f"{cam.width}x{cam.height} frame at {lo:.0f}..{hi:.0f} mm after {PLACEMENT_TRIES} draws")
+                               f"{cam.width}x{cam.height} frame at {lo:.0f}..{hi:.0f} mm after {PLACEMENT_TRIES} draws (placement "
+                               f"depends only on --seed and the sample, so a rerun fails here again: allow farther "
+                               f"distances with --distance, or use a camera that sees more)")
         transl = centre - pivot
         pose_dict = {"hand_pose": _round(pose.hand_pose[0].reshape(-1), 6),
                      "betas": _round(pose.betas[0], 6),

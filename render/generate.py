@@ -5,6 +5,7 @@ State kept in the output folder (besides the shards and manifest, see docs/data_
     DIR/.render-hands/dataset.json        identity of the dataset being written (RenderConfig +
                                           hand model and pose file checksums)
     DIR/.render-hands/shard-000000.json   record of a finished shard: name, count, sha256
+    DIR/.render-hands.lock                held by the running job (per slice: .render-hands.slice-I-of-K.lock)
 
 A shard counts as done when its tar and its record exist and the tar's sha256 matches the record;
 anything else is rendered (again). Every file is written under a temporary name and renamed, so a
@@ -14,6 +15,7 @@ same command finishes exactly the missing shards.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing as mp
 import os
@@ -22,11 +24,13 @@ import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.atomic import check_writable, write_json
 from render.dataset import GENERATOR, GENERATOR_VERSION, POSE_BLOCK, RenderConfig
-from render.shards import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, ShardRecord, ShardWriter,
+from render.jsonfile import read_json_object
+from render.shards import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, ShardRecord, ShardWriter, check_manifest,
                            sha256_file, shard_name)
 
 STATE_DIR = ".render-hands"
@@ -65,6 +69,7 @@ class Job:
     identity: dict
     part: Slice
     command: str
+    lock: IO | None = None   # held while the job runs (see _lock)
 
     @property
     def state(self) -> Path:
@@ -129,10 +134,11 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
         if previous is None and _owned(out):
             raise JobError(f"{out}: holds shards of an unknown dataset; use --overwrite to replace them")
     job = Job(config, out, identity, part, command)
+    check_writable(out, folder=True)
     if dry_run:
         return job
-    check_writable(out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
+    job.lock = _lock(out, part)
     if previous != identity:   # --overwrite, or nothing of another dataset written yet (refused above)
         for path in _owned(out):
             path.unlink()
@@ -143,6 +149,21 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
         for tmp in out.glob(f".{shard_name(shard)}.tmp-*"):
             tmp.unlink()
     return job
+
+
+def _lock(out: Path, part: Slice) -> IO:
+    """An exclusive lock on the slice's folder: a second run of the same command (a duplicated
+    array job) would delete the first one's temporaries and break it. Released when the process ends."""
+    name = ".render-hands.lock" if part.whole else f".render-hands.slice-{part.index:05d}-of-{part.count:05d}.lock"
+    handle = open(out / name, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        what = "this dataset" if part.whole else f"slice {part.index} of {part.count} of this dataset"
+        raise JobError(f"{out}: another render-hands is writing {what} (it holds {out / name}); "
+                       "wait for it to finish or stop it") from None
+    return handle
 
 
 # --- workers ---------------------------------------------------------------------------------
@@ -179,6 +200,9 @@ def run(job: Job, workers: int, show_progress: bool = True) -> dict:
     from tqdm import tqdm
 
     pending = job.pending()
+    finished = job.out / (MANIFEST if job.part.whole else SLICE_MANIFEST.format(index=job.part.index, count=job.part.count))
+    if not pending and finished.is_file():   # a rerun of a finished job: its manifest keeps the command that made it
+        return read_json_object(finished, "manifest")
     cfg = job.config
     total = sum(cfg.shard_range(s)[1] - cfg.shard_range(s)[0] for s in pending)
     bar = tqdm(total=total, unit="frame", disable=not show_progress, smoothing=0.05,
@@ -268,7 +292,7 @@ def write_manifest(job: Job) -> dict:
         write_json(job.out / MANIFEST, manifest)
     else:
         manifest["slice"] = {"index": job.part.index, "count": job.part.count,
-                             "shards": [job.part.start, job.part.stop]}
+                             "shards": [job.part.start, job.part.stop], "n": job.config.n}
         write_json(job.out / SLICE_MANIFEST.format(index=job.part.index, count=job.part.count),
                           manifest)
     return manifest
@@ -288,33 +312,40 @@ def merge(out: Path, sources: list[Path]) -> dict:
             raise JobError(f"{folder}: no such folder")
     for folder in [out] + [Path(s) for s in sources]:
         for path in sorted(folder.glob("manifest.slice-*-of-*.json")):
-            try:
-                slices.append((folder, path, json.loads(path.read_text())))
-            except ValueError as err:
-                raise JobError(f"{path}: unreadable slice manifest ({err})") from None
+            slices.append((folder, path, read_slice_manifest(path)))
     if not slices:
         raise JobError(f"{out}: no slice manifests (manifest.slice-*.json) to merge")
     first = slices[0][2]
     keys = ("format", "format_version", "intrinsics", "seed", "hand_model", "poses", "sensor",
             "views", "forearm", "distance_mm", "shard_size", "generator")
     count = first["slice"]["count"]
-    seen: dict[int, tuple[Path, dict]] = {}
+    seen: dict[int, tuple[Path, Path, dict]] = {}
     for folder, path, m in slices:
         diff = [k for k in keys if m.get(k) != first.get(k)]
-        if diff or m["slice"]["count"] != count:
+        diff += [name for k, name in (("count", "num_shards"), ("n", "n")) if m["slice"].get(k) != first["slice"].get(k)]
+        if diff:
             raise JobError(f"{path}: belongs to a different dataset than {slices[0][1]} "
-                           f"(differs in {', '.join(diff) or 'num_shards'})")
+                           f"(differs in {', '.join(diff)})")
         if m["slice"]["index"] in seen:
             continue
-        seen[m["slice"]["index"]] = (folder, m)
+        seen[m["slice"]["index"]] = (folder, path, m)
     missing = sorted(set(range(count)) - set(seen))
     if missing:
         raise JobError(f"{out}: slices {', '.join(map(str, missing))} of {count} have no manifest yet")
+    stop = 0   # the slices must tile the dataset's shards: 0.., each starting where the last stopped
+    for index in range(count):
+        _, path, m = seen[index]
+        start, end = m["slice"]["shards"]
+        names = [r["name"] for r in m["shards"]]
+        if start != stop or names != [shard_name(k) for k in range(start, end)]:
+            raise JobError(f"{path}: holds shards {start}..{end - 1} ({len(names)} listed) where shards "
+                           f"{stop}.. are due: slices of different runs (another --n or --shard-size?)")
+        stop = end
     # Every shard is checked before any is moved, so a refused merge changes nothing; a shard an
     # interrupted merge already moved is found in `out`, so running the merge again finishes it.
     records, moves = [], []
     for index in range(count):
-        folder, m = seen[index]
+        folder, _, m = seen[index]
         for rec in m["shards"]:
             src = folder / rec["name"]
             if not src.is_file() and folder.resolve() != out.resolve():
@@ -336,6 +367,21 @@ def merge(out: Path, sources: list[Path]) -> dict:
     return manifest
 
 
+def read_slice_manifest(path: Path) -> dict:
+    """A slice manifest, its shard records checked as a dataset's are and its slice fields too."""
+    try:
+        m = check_manifest(read_json_object(path, "slice manifest"), path)
+        part = m["slice"]
+        start, stop = part["shards"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (part["index"], part["count"], start, stop)) \
+                or not (0 <= part["index"] < part["count"] and 0 <= start <= stop):
+            raise ValueError(f"slice {part!r} is not index < count and a shard range")
+    except (KeyError, TypeError, ValueError) as err:
+        msg = str(err)
+        raise JobError(msg if msg.startswith(str(path)) else f"{path}: malformed slice manifest ({type(err).__name__}: {msg})") from None
+    return m
+
+
 def estimate_bytes(config: RenderConfig) -> float:
     """Expected output size for the dry run (bytes per frame measured with this renderer)."""
-    return config.n * config.views * (7.5e3 if config.sensor == "clean" else 10e3)
+    return config.n * config.views * 10e3   # 9.9 KB (clean) and 9.8 KB (kinect) a front view, NYU camera

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import struct
 import tarfile
 import zlib
@@ -142,7 +143,12 @@ class ShardWriter:
 
 def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST
-    manifest = read_json_object(path, "manifest")
+    return check_manifest(read_json_object(path, "manifest"), path)
+
+
+def check_manifest(manifest: dict, path: Path) -> dict:
+    """The fields every reader trusts, checked once: format, and each shard's record (a plain file
+    name in the dataset's folder, a count, a sha256)."""
     if manifest.get("format") != FORMAT_NAME:
         raise ValueError(f"{path}: not a {FORMAT_NAME} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -150,8 +156,9 @@ def read_manifest(directory: str | Path) -> dict:
                          f"{FORMAT_VERSION}")
     try:   # every reader trusts these fields: checked once, here
         for record in manifest.get("shards", []):
-            if not isinstance(record.get("name"), str):
-                raise ValueError(f"expected a shard name, got {record.get('name')!r}")
+            name = record.get("name")
+            if not isinstance(name, str) or not re.fullmatch(r"[^/\\.][^/\\]*\.tar", name):
+                raise ValueError(f"expected a shard's file name in the dataset folder, got {name!r}")
             _count(record["count"])
             if not isinstance(record["sha256"], str) or len(record["sha256"]) != 64:
                 raise ValueError(f"expected a sha256, got {record['sha256']!r}")
@@ -172,7 +179,7 @@ def _count(value: object) -> int:
 def iter_shard(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) for each sample of one tar, grouped as WebDataset groups them."""
     key, files = None, {}
-    with tarfile.open(path, "r") as tar:
+    with tarfile.open(path, "r:") as tar:   # shards are plain tars; "r" would report every compression it tried
         for member in tar:
             if not member.isfile():
                 continue

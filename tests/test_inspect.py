@@ -211,3 +211,15 @@ def test_malformed_manifest_record_is_one_problem(copy, tmp_path, capsys):
     rc, out, err = _run(capsys, copy, "--out", tmp_path / "pics")
     assert rc == 1 and "Traceback" not in err
     assert f"inspect-shards: {copy / 'manifest.json'}: malformed manifest (ValueError: expected a count, got 'lots')" in err
+
+
+def test_a_shard_name_outside_the_dataset_folder_is_refused(copy, tmp_path, capsys):
+    """A manifest can name only files in its own folder: not /etc/hostname, not ../x.tar."""
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for name in ("/etc/hostname", "../shard-000001.tar"):
+        manifest["shards"][1]["name"] = name
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        rc, out, err = _run(capsys, copy, "--out", tmp_path / "pics")
+        assert rc == 1 and "Traceback" not in err
+        assert (f"{copy / 'manifest.json'}: malformed manifest (ValueError: expected a shard's file name in the "
+                f"dataset folder, got {name!r})") in err

@@ -123,6 +123,61 @@ def test_ctrl_c_while_workers_start_stops_cleanly(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("render-hands: interrupted"), err
 
 
+def test_sigterm_stops_the_workers_and_the_run_resumes(tmp_path):
+    """kill (a batch system's stop) ends the run as Ctrl-C does: one line, exit 143, and no
+    worker goes on writing shards after the command has ended."""
+    out = tmp_path / "terminated"
+    cmd = [sys.executable, "-m", "render.cli", *BASE, "--n", "2000", "--shard-size", "4", "--out", str(out),
+           "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(list(out.glob("shard-*.tar"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.terminate()   # SIGTERM to the command only, as kill sends it
+    try:
+        err = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("render-hands: interrupted"), err
+    time.sleep(2.0)
+    shards = sorted(out.glob("*.tar*")) + sorted(out.glob(".*.tar*"))
+    time.sleep(2.0)
+    assert sorted(out.glob("*.tar*")) + sorted(out.glob(".*.tar*")) == shards, "workers still writing"
+
+
+def test_a_finished_dataset_rerun_keeps_its_manifest(tmp_path, capsys):
+    out = tmp_path / "done"
+    assert _run(out) == 0
+    before = (out / "manifest.json").read_bytes()
+    assert _run(out, workers=2) == 0   # nothing to render: the manifest still names the command that made it
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, capsys):
+    """A duplicated job would delete the running one's temporaries; it is refused in one line."""
+    import fcntl
+
+    out = tmp_path / "busy"
+    assert _run(out) == 0
+    with open(out / ".render-hands.lock", "a") as held:   # what a running render-hands holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (out / ".shard-000000.tar.tmp-424242").write_bytes(b"the running job's")
+        capsys.readouterr()
+        assert _run(out) == 2
+        assert capsys.readouterr().err == (f"render-hands: error: {out}: another render-hands is writing this dataset "
+                                           f"(it holds {out / '.render-hands.lock'}); wait for it to finish or stop it\n")
+        assert (out / ".shard-000000.tar.tmp-424242").exists()
+    assert _run(out) == 0   # released: the same command runs
+
+
+def test_dry_run_refuses_an_unwritable_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert _run(tmp_path / "file" / "data", "--dry-run") == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
 def test_rerun_repairs_missing_and_corrupt_shards(reference, tmp_path):
     out = tmp_path / "repair"
     assert _run(out) == 0
@@ -194,6 +249,34 @@ def test_a_refused_merge_moves_nothing(reference, tmp_path, capsys):
     (two / "shard-000002.tar").write_bytes(good)
     assert main(["merge", str(out), str(one), str(two)]) == 0
     assert _hashes(out) == _hashes(reference)
+
+
+def test_slices_of_different_runs_or_malformed_are_refused_in_one_line(tmp_path, capsys):
+    """Slice 1 rendered with a mistyped --n: its shards would leave a gap; caught by n, and by
+    the shard ranges where a manifest does not record n. A malformed slice manifest is named."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _run(one, "--shard-index", "0", "--num-shards", "2") == 0
+    assert main(BASE[:1] + ["60"] + BASE[2:] + ["--out", str(two), "--workers", "1",
+                                                 "--shard-index", "1", "--num-shards", "2"]) == 0
+    slice_two = next(two.glob("manifest.slice-*.json"))
+    capsys.readouterr()
+    assert main(["merge", str(one), str(two)]) == 2
+    assert capsys.readouterr().err == (f"render-hands: error: {slice_two}: belongs to a different dataset than "
+                                       f"{next(one.glob('manifest.slice-*.json'))} (differs in n)\n")
+    m = json.loads(slice_two.read_text())
+    for path in (slice_two, next(one.glob("manifest.slice-*.json"))):   # as written before n was recorded
+        older = json.loads(path.read_text())
+        del older["slice"]["n"]
+        path.write_text(json.dumps(older))
+    assert main(["merge", str(one), str(two)]) == 2
+    assert f"{slice_two}: holds shards 2..3 (2 listed) where shards 1.. are due" in capsys.readouterr().err
+    assert not (one / "manifest.json").exists() and not (one / "shard-000002.tar").exists()
+    for text, message in [("[1]", "must be a JSON object"), ("{}", "not a depth-hands-shards manifest"),
+                          (json.dumps({k: v for k, v in m.items() if k != "slice"}), "malformed slice manifest (KeyError")]:
+        slice_two.write_text(text)
+        assert main(["merge", str(one), str(two)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"render-hands: error: {slice_two}") and message in err and len(err.splitlines()) == 1, err
 
 
 def test_a_camera_too_small_is_named_and_a_corrected_command_runs(tmp_path, capsys):
