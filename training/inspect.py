@@ -20,6 +20,7 @@ hand, its centre and the crop square), the 128x128 network inputs of every input
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import tarfile
@@ -441,6 +442,14 @@ def find_inputs(path: Path) -> list[tuple[str, Path]]:
     return [("real", p.parent) for p in sorted(path.rglob("capture.json"))]
 
 
+def _say(text: str) -> None:
+    """Print to stdout; `inspect-shards ... | head` closing the pipe ends the output, not the checks."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="inspect-shards", description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
@@ -468,17 +477,17 @@ def main(argv: list[str] | None = None) -> int:
     reports = [inspect_shards(path, not args.quiet) if kind == "synthetic" else inspect_capture(path, not args.quiet)
                for kind, path in inputs]
     for r in reports:
-        print(f"\n== {r.path} ({r.kind}): {r.frames} frames, "
-              f"{'OK' if not r.problems else f'{len(r.problems)} problem(s)'}")
+        _say(f"\n== {r.path} ({r.kind}): {r.frames} frames, "
+             f"{'OK' if not r.problems else f'{len(r.problems)} problem(s)'}")
         for key, value in r.stats.items():
-            print(f"  {key}: {value}")
+            _say(f"  {key}: {value}")
     try:
         written = write_pictures(reports, out) if out is not None else []
     except WriteError as err:   # the checks above still stand; their problems are listed below
         print(f"inspect-shards: error: {err}", file=sys.stderr)
         written = None
     if written:
-        print(f"\npictures: {', '.join(str(w) for w in written)}")
+        _say(f"\npictures: {', '.join(str(w) for w in written)}")
     problems = [msg for r in reports for msg in r.problems]
     for msg in problems[:MAX_PROBLEMS_SHOWN]:
         print(f"inspect-shards: {msg}", file=sys.stderr)
