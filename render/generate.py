@@ -109,7 +109,7 @@ def existing_identity(out: Path) -> dict | None:
 def _owned(out: Path) -> list[Path]:
     """Files in DIR that a render-hands dataset consists of (what --overwrite removes)."""
     files = [p for p in out.glob("shard-*.tar")] + [p for p in out.glob(".shard-*.tar.tmp-*")]
-    files += [p for p in out.glob("manifest*.json")]
+    files += [p for p in [out / MANIFEST, *out.glob("manifest.slice-*-of-*.json")] if p.is_file()]
     return files
 
 
