@@ -223,3 +223,16 @@ def test_a_shard_name_outside_the_dataset_folder_is_refused(copy, tmp_path, caps
         assert rc == 1 and "Traceback" not in err
         assert (f"{copy / 'manifest.json'}: malformed manifest (ValueError: expected a shard's file name in the "
                 f"dataset folder, got {name!r})") in err
+
+
+def test_a_shard_listed_twice_is_found_by_its_keys(copy, tmp_path, capsys):
+    """Sample i is key i in manifest order: a repeated shard (or a gap from slices of different
+    runs) breaks that, even where every shard's own checksum holds."""
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"].insert(1, dict(manifest["shards"][0]))
+    manifest["count"] += manifest["shards"][0]["count"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    rc, out, err = _run(capsys, copy, "--out", tmp_path / "pics")
+    assert rc == 1
+    due = manifest["shards"][0]["count"]
+    assert f"{copy / manifest['shards'][1]['name']}: sample 000000000 where {due:09d} is due" in err

@@ -5,7 +5,8 @@
 PATH is a render-hands output folder (manifest.json), a capture folder (capture.json) or a folder
 holding capture folders. Everything is checked before anything is trusted:
 
-- shards: counts and sha256 against the manifest, every depth PNG decodes at 16 bits, label
+- shards: counts and sha256 against the manifest, sample i under key i in manifest order (no
+  sample missing or repeated), every depth PNG decodes at 16 bits, label
   shapes, finite positive depths, joints inside the image, xyz agreeing with uvd, windows inside
   the frame; extra views likewise;
 - captures: capture.json, every frame decodes, a hand is found in every frame at a plausible
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from hand_models.joints import JOINT_NAMES, JOINT_PARENTS
 from render.atomic import WriteError, check_writable
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
-from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sha256_file
+from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sample_key, sha256_file
 from training.captures import CaptureError, load_capture, mirror_intrinsics
 from training.crop import Crop, crop_hand, crop_shard_sample
 from training.localize import centre_from_labels
@@ -157,18 +158,24 @@ def inspect_shards(root: Path, progress: bool = True) -> Report:
     depths, spans, windows, sensors, poses = [], [], [], set(), []
     bar = tqdm(total=declared, desc=f"checking {root.name}", unit="sample", disable=not progress)
     index = 0
-    for record in records:
+    starts = np.cumsum([0] + [r["count"] for r in records])   # sample i is key i, in manifest order
+    for record, first in zip(records, starts):
         path = root / record["name"]
         if not path.is_file():
             report.problem(f"{path}: missing")
             continue
         if sha256_file(path) != record["sha256"]:
             report.problem(f"{path}: sha256 differs from the manifest (corrupted or replaced)")
-        seen = 0
+        seen, in_order = 0, True
         try:
             for key, files in iter_shard(path):
+                due = int(first) + seen
                 seen += 1
                 where = f"{record['name']}:{key}"
+                if in_order and key != sample_key(due):   # once per shard: one gap shifts every later key
+                    report.problem(f"{path}: sample {key} where {sample_key(due)} is due (samples missing, repeated or "
+                                   "out of order: shards of different runs?)")
+                    in_order = False
                 report.frames += 1
                 bar.update()
                 index += 1
