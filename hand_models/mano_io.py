@@ -70,6 +70,8 @@ def read_model_arrays(path: Path) -> dict:
         raise ValueError(f"{path}: cannot read the model file ({err.strerror or err})") from None
     if path.suffix == ".npz":
         try:
+            if not zipfile.is_zipfile(io.BytesIO(raw)):   # numpy would blame pickled data and suggest unsafe loading
+                raise ValueError("not a zip archive")
             with np.load(io.BytesIO(raw), allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:

@@ -31,7 +31,10 @@ def load_pose_file(path: str | Path, num_betas: int | None = None) -> tuple[Pose
     """The poses and any extra arrays (transl, residual_mm, ...). Raises ValueError naming the file."""
     path = Path(path)
     try:
-        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+        raw = path.read_bytes()
+        if not zipfile.is_zipfile(io.BytesIO(raw)):   # numpy would blame pickled data and suggest unsafe loading
+            raise ValueError("not a zip archive")
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except OSError as err:
         raise ValueError(f"{path}: cannot read pose file ({err.strerror or err})") from None

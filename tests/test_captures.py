@@ -87,6 +87,15 @@ def test_left_hand_is_mirrored_with_its_labels(tmp_path):
     np.testing.assert_allclose(mirror_uvd(mirror_uvd(labels, 640), 640), labels)
 
 
+def test_a_file_that_is_no_npy_array_is_refused_as_such(tmp_path):
+    root = _capture(tmp_path, META, {"a.png": _hand_frame()})
+    (root / "b.npy").write_text("not an array")
+    with pytest.raises(CaptureError, match=r"b\.npy: cannot read depth array \(not a \.npy array file\)$"):
+        load_capture(root)
+    with pytest.raises(CaptureError, match=r"b\.npy: cannot read depth \(not a \.npy array file\)$"):
+        load_capture(root, check_units=False).check_frames()
+
+
 def test_npy_and_png_frames_agree(tmp_path):
     frame = _hand_frame(scale_mm=0.125)
     meta = dict(META, depth_scale_mm=0.125)

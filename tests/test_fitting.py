@@ -57,7 +57,7 @@ def test_pose_file_round_trip_and_refusals(tmp_path, prior):
     with pytest.raises(ValueError, match=r"short\.npz: pose file lacks 'global_orient'"):
         load_pose_file(tmp_path / "short.npz")
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(ValueError, match=r"junk\.npz: not a pose \.npz"):
+    with pytest.raises(ValueError, match=r"junk\.npz: not a pose \.npz \(not a zip archive\)$"):
         load_pose_file(tmp_path / "junk.npz")
     bad = dict(hand_pose=poses.hand_pose.copy(), betas=poses.betas, global_orient=poses.global_orient)
     bad["hand_pose"][0, 0, 0] = np.nan

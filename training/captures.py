@@ -192,12 +192,21 @@ def mirror_intrinsics(cam: Intrinsics) -> Intrinsics:
     return Intrinsics(cam.fx, cam.fy, (cam.width - 1) - cam.cx, cam.cy, cam.width, cam.height)
 
 
+def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """A .npy array, never a pickle; other files are refused as such (numpy would blame pickled
+    data and suggest loading it unsafely)."""
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise ValueError("not a .npy array file")
+    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+
+
 def read_depth_file(path: Path, encoding: str | None) -> np.ndarray:
     """Stored depth units as a 2D array; refuses truncated files and wrong bit depths."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = _load_npy(path)
         except (OSError, ValueError) as err:
             raise CaptureError(f"{path}: cannot read depth array ({err})") from None
         _check_array(path, arr.shape, arr.dtype)
@@ -240,7 +249,7 @@ def check_depth_header(path: Path, encoding: str | None, cam: Intrinsics) -> Non
     one included, before hours of training reach them."""
     try:
         if path.suffix.lower() == ".npy":
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            arr = _load_npy(path, mmap_mode="r")
             shape, dtype, mode = arr.shape, arr.dtype, None
         else:
             with Image.open(path) as im:
