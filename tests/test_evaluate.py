@@ -197,3 +197,18 @@ def test_printing_into_a_closed_pipe_is_no_traceback(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait() == 0 and "Traceback" not in err, err
 
+
+
+def test_xyz_given_for_uvd_is_warned_about(tmp_path, capsys):
+    """Millimetres (xyz) where pixels are expected still score (the numbers are the user's to
+    judge) but a warning says most joints lie outside the camera's image."""
+    gt = _gt()
+    g, p = _write(tmp_path / "gt.txt", gt), _write(tmp_path / "pred.txt", gt + 1.0)
+    assert main(["--pred", str(p), "--gt", str(g)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    xyz = uvd_to_xyz(gt, DATASETS["nyu"][0])
+    xyz[..., 2] = np.abs(xyz[..., 2])
+    _write(tmp_path / "xyz.txt", xyz)
+    assert main(["--pred", str(tmp_path / "xyz.txt"), "--gt", str(g)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"hand-eval: warning: {tmp_path / 'xyz.txt'}: ") and "outside the 640x480 image of nyu" in err

@@ -40,6 +40,7 @@ DATASETS: dict[str, tuple[Intrinsics, bool]] = {
 JOINT_SETS: dict[str, tuple[str, ...]] = {"nyu14": NYU14_NAMES, "21": JOINT_NAMES}
 
 DEFAULT_THRESHOLDS_MM = np.arange(0.0, 80.5, 0.5)
+OUTSIDE_WARNING = 0.1   # more joints than this fraction outside the image: probably not this camera's uvd
 
 
 class EvalInputError(ValueError):
@@ -209,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         pred = load_uvd(args.pred, gt.shape[1])
         if len(pred) != len(gt):
             raise EvalInputError(f"{args.pred}: {len(pred)} frames but {args.gt} has {len(gt)}")
+        for path, uvd in ((args.gt, gt), (args.pred, pred)):
+            outside = ((uvd[..., 0] < 0) | (uvd[..., 0] > cam.width - 1)
+                       | (uvd[..., 1] < 0) | (uvd[..., 1] > cam.height - 1)).mean()
+            if outside > OUTSIDE_WARNING:   # xyz given for uvd, or another dataset's camera
+                print(f"hand-eval: warning: {path}: {100 * outside:.0f} % of joints lie outside the "
+                      f"{cam.width}x{cam.height} image of {camera_source}; is it u v d (pixels, pixels, mm) "
+                      "for that camera?", file=sys.stderr)
         if names is None:
             # 21 joints come in a different order in every dataset (MSRA: wrist, index, ..., thumb):
             # this project's order only where the capture says so; 14 joints are NYU's subset.
