@@ -466,9 +466,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     inputs = []
     for path in args.paths:
+        if path.name in (MANIFEST, "capture.json") and path.is_file():   # the file given for its folder
+            path = path.parent
         found = find_inputs(path) if path.is_dir() else []
         if not found:
-            print(f"inspect-shards: error: {path}: no manifest.json or capture.json here", file=sys.stderr)
+            sliced = path.is_dir() and any(path.glob("manifest.slice-*-of-*.json"))
+            print(f"inspect-shards: error: {path}: " + ("slices of a dataset not merged yet (render-hands merge "
+                  f"{path} [SLICE_DIR ...] writes its manifest.json)" if sliced else
+                  "no manifest.json or capture.json here"), file=sys.stderr)
             return 2
         inputs += found
     out = args.out or Path(f"inspect-{args.paths[0].resolve().name}")
