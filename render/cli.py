@@ -100,19 +100,17 @@ def _sha256(path: Path) -> str:
 def build_job(args: argparse.Namespace, argv: list[str]) -> generate.Job:
     """Validate every input (camera, model, poses, folder) before anything is written."""
     camera, camera_source = load_camera(args.camera)
-    # Absolute, like the camera's source: the same file named from another folder is the same dataset.
-    poses = args.poses if args.poses == "prior" else str(Path(args.poses).resolve())
     config = RenderConfig(n=args.n, seed=args.seed, shard_size=args.shard_size,
-                          hand_model=args.hand_model, poses=poses, views=args.views,
+                          hand_model=args.hand_model, poses=args.poses, views=args.views,
                           sensor=args.sensor, camera=camera, camera_source=camera_source,
                           forearm=args.forearm, distance_mm=tuple(args.distance))
     from hand_models.model import HandModel
     model = HandModel.load(args.hand_model)
     poses_checksum = None
-    if poses != "prior":
+    if args.poses != "prior":
         from hand_models.poses import load_pose_file
-        load_pose_file(poses, model.num_betas)  # refuse a malformed file before any work
-        poses_checksum = _sha256(Path(poses))
+        load_pose_file(args.poses, model.num_betas)  # refuse a malformed file before any work
+        poses_checksum = _sha256(Path(args.poses))
     identity = config.identity(model.checksum, poses_checksum)
     identity["hand_model_id"] = model.name
     part = generate.Slice.of(config.num_shards, args.shard_index, args.num_shards)
