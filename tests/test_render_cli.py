@@ -172,6 +172,22 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_p
     assert _run(out) == 0   # released: the same command runs
 
 
+def test_a_pose_file_named_from_another_folder_resumes_the_same_dataset(tmp_path, monkeypatch):
+    """Files count by content: the same pose file by a relative or an absolute path is the same
+    dataset, and the manifest keeps the name as given (pairs name theirs relative to the dataset)."""
+    from hand_models.model import HandModel
+    from hand_models.poses import save_pose_file
+    from hand_models.prior import PosePrior
+
+    prior = PosePrior(HandModel.load())
+    save_pose_file(tmp_path / "poses.npz", prior.sample(4, np.random.default_rng(0)))
+    monkeypatch.chdir(tmp_path)
+    assert _run(Path("data"), "--poses", "poses.npz", "--n", "8", "--shard-size", "4") == 0
+    (tmp_path / "data" / "shard-000001.tar").unlink()   # an interrupted run
+    assert _run(tmp_path / "data", "--poses", str(tmp_path / "poses.npz"), "--n", "8", "--shard-size", "4") == 0
+    assert read_manifest(tmp_path / "data")["count"] == 8
+
+
 def test_dry_run_refuses_an_unwritable_folder(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert _run(tmp_path / "file" / "data", "--dry-run") == 2
