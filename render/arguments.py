@@ -4,6 +4,11 @@ any command can import it cheaply)."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def _integer(text: str) -> int:
@@ -33,3 +38,24 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+@contextmanager
+def one_line_warnings(prog: str) -> Iterator[None]:
+    """Warnings shown as `PROG: warning: message`, for a person rather than as a source location;
+    the previous format is restored after, so a library caller keeps its own."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"{prog}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
+def say(text: str) -> None:
+    """Print to stdout; a reader that closed the pipe (`| head`) ends the output quietly instead
+    of with a traceback, and the command goes on with its work."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from render import generate
-from render.arguments import OneLineParser, non_negative_int, positive_int
+from render.arguments import OneLineParser, non_negative_int, one_line_warnings, positive_int
 from render.dataset import POSE_BLOCK, SENSORS, RenderConfig, load_camera
 
 DESCRIPTION = __doc__.split("\n\n")[0]
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _main(argv)
+        with one_line_warnings("render-hands"):   # a folder that cannot be locked, say
+            return _main(argv)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -174,11 +175,11 @@ def _main(argv: list[str]) -> int:
             print_plan(job, args.workers, backend)
             return 0
         start = time.time()
-        manifest = generate.run(job, args.workers, show_progress=not args.quiet)
+        manifest, written = generate.run(job, args.workers, show_progress=not args.quiet)
         took = time.time() - start
         name = "manifest.json" if job.part.whole else "slice manifest"
         print(f"{job.out}: {manifest['count']} samples in {len(manifest['shards'])} shards, "
-              f"{name} written ({took:.1f} s)", file=sys.stderr)
+              + (f"{name} written ({took:.1f} s)" if written else f"already complete ({name} kept)"), file=sys.stderr)
         return 0
     except (ValueError, RuntimeError, OSError) as err:
         print(f"render-hands: error: {err}", file=sys.stderr)

@@ -5,7 +5,8 @@ State kept in the output folder (besides the shards and manifest, see docs/data_
     DIR/.render-hands/dataset.json        identity of the dataset being written (RenderConfig +
                                           hand model and pose file checksums)
     DIR/.render-hands/shard-000000.json   record of a finished shard: name, count, sha256
-    DIR/.render-hands.lock                held by the running job (per slice: .render-hands.slice-I-of-K.lock)
+    DIR/.render-hands.lock                held while a run checks DIR and cleans up (FOLDER_LOCK)
+    DIR/.render-hands.slice-I-of-K.lock   held while a run renders its slice (SLICE_LOCK; a whole run is 0 of 1)
 
 A shard counts as done when its tar and its record exist and the tar's sha256 matches the record;
 anything else is rendered (again). Every file is written under a temporary name and renamed, so a
@@ -22,6 +23,7 @@ import os
 import queue
 import shutil
 import signal
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -36,6 +38,8 @@ from render.shards import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, ShardRecord, S
 STATE_DIR = ".render-hands"
 IDENTITY = "dataset.json"
 SLICE_MANIFEST = "manifest.slice-{index:05d}-of-{count:05d}.json"
+FOLDER_LOCK = ".render-hands.lock"                            # held while a run checks and prepares DIR
+SLICE_LOCK = ".render-hands.slice-{index:05d}-of-{count:05d}.lock"   # held while a run renders its slice
 
 
 class JobError(ValueError):
@@ -69,7 +73,7 @@ class Job:
     identity: dict
     part: Slice
     command: str
-    lock: IO | None = None   # held while the job runs (see _lock)
+    lock: IO | None = None   # the slice's lock, held from prepare until run ends
 
     @property
     def state(self) -> Path:
@@ -116,10 +120,44 @@ def _owned(out: Path) -> list[Path]:
 def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, command: str,
             overwrite: bool, dry_run: bool = False) -> Job:
     """Check DIR against the dataset to write; refuse a different one unless `overwrite` or it
-    finished no shard yet."""
+    finished no shard yet. The job holds its slice's lock until `run` ends."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise JobError(f"{out}: exists and is not a directory")
+    check_writable(out, folder=True)
+    job = Job(config, out, identity, part, command)
+    if dry_run:
+        _check_folder(out, identity, overwrite)
+        return job
+    out.mkdir(parents=True, exist_ok=True)
+    # Slices started together into a fresh folder pass the checks and the clean-up one at a time,
+    # so that none deletes what another has begun.
+    folder_lock = _flock(out / FOLDER_LOCK, wait=True)
+    try:
+        previous = _check_folder(out, identity, overwrite)
+        if folder_lock is not None:   # else the filesystem has no locks, and the warning was given
+            job.lock = _flock(out / SLICE_LOCK.format(index=part.index, count=part.count), wait=False)
+        if previous != identity:   # --overwrite, or nothing of another dataset written yet (refused above)
+            for path in _owned(out):
+                path.unlink()
+            shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+        job.state.mkdir(exist_ok=True)
+        write_json(job.state / IDENTITY, identity)
+        for shard in range(part.start, part.stop):  # leftovers of killed runs of this slice
+            for tmp in out.glob(f".{shard_name(shard)}.tmp-*"):
+                tmp.unlink()
+    except BaseException:
+        if job.lock is not None:
+            job.lock.close()
+        raise
+    finally:
+        if folder_lock is not None:
+            folder_lock.close()
+    return job
+
+
+def _check_folder(out: Path, identity: dict, overwrite: bool) -> dict | None:
+    """The identity of the dataset DIR holds, after refusing a different one (see prepare)."""
     previous = existing_identity(out) if out.is_dir() else None
     if not overwrite and out.is_dir():
         # A dataset begun but with no shard finished (its first run failed at once: a camera too
@@ -133,36 +171,25 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
                            "use --overwrite to replace it or choose another --out")
         if previous is None and _owned(out):
             raise JobError(f"{out}: holds shards of an unknown dataset; use --overwrite to replace them")
-    job = Job(config, out, identity, part, command)
-    check_writable(out, folder=True)
-    if dry_run:
-        return job
-    out.mkdir(parents=True, exist_ok=True)
-    job.lock = _lock(out, part)
-    if previous != identity:   # --overwrite, or nothing of another dataset written yet (refused above)
-        for path in _owned(out):
-            path.unlink()
-        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    job.state.mkdir(exist_ok=True)
-    write_json(job.state / IDENTITY, identity)
-    for shard in range(part.start, part.stop):  # leftovers of killed runs of this slice
-        for tmp in out.glob(f".{shard_name(shard)}.tmp-*"):
-            tmp.unlink()
-    return job
+    return previous
 
 
-def _lock(out: Path, part: Slice) -> IO:
-    """An exclusive lock on the slice's folder: a second run of the same command (a duplicated
-    array job) would delete the first one's temporaries and break it. Released when the process ends."""
-    name = ".render-hands.lock" if part.whole else f".render-hands.slice-{part.index:05d}-of-{part.count:05d}.lock"
-    handle = open(out / name, "a")
+def _flock(path: Path, wait: bool) -> IO | None:
+    """An exclusive lock on `path` (created), held while the returned file is open. Not waiting, a
+    lock another process holds is refused: a second run of the same command (a duplicated array job)
+    would delete the first one's temporaries. Where the filesystem has no locks (NFS mounted nolock,
+    say), a warning, and None."""
+    handle = open(path, "a")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        what = "this dataset" if part.whole else f"slice {part.index} of {part.count} of this dataset"
-        raise JobError(f"{out}: another render-hands is writing {what} (it holds {out / name}); "
+        raise JobError(f"{path.parent}: another render-hands is writing here (it holds {path}); "
                        "wait for it to finish or stop it") from None
+    except OSError as err:
+        handle.close()
+        warnings.warn(f"{path}: cannot lock ({err.strerror or err}); a second run into this folder would not be refused")
+        return None
     return handle
 
 
@@ -195,14 +222,26 @@ def _render_shard(out: str, shard: int) -> dict:
         return writer.close().to_dict()
 
 
-def run(job: Job, workers: int, show_progress: bool = True) -> dict:
-    """Render the pending shards of the job's slice and write its manifest; returns it."""
+def run(job: Job, workers: int, show_progress: bool = True) -> tuple[dict, bool]:
+    """Render the pending shards of the job's slice and write its manifest; returns it and whether
+    it was written (not when a finished job is run again). Releases the slice's lock prepare took."""
+    try:
+        pending = job.pending()
+        finished = job.out / (MANIFEST if job.part.whole else
+                              SLICE_MANIFEST.format(index=job.part.index, count=job.part.count))
+        if not pending and finished.is_file():   # a rerun of a finished job: its manifest keeps the command that made it
+            return check_manifest(read_json_object(finished, "manifest"), finished), False
+        _render(job, pending, workers, show_progress)
+        return write_manifest(job), True
+    finally:
+        if job.lock is not None:
+            job.lock.close()
+            job.lock = None
+
+
+def _render(job: Job, pending: list[int], workers: int, show_progress: bool) -> None:
     from tqdm import tqdm
 
-    pending = job.pending()
-    finished = job.out / (MANIFEST if job.part.whole else SLICE_MANIFEST.format(index=job.part.index, count=job.part.count))
-    if not pending and finished.is_file():   # a rerun of a finished job: its manifest keeps the command that made it
-        return read_json_object(finished, "manifest")
     cfg = job.config
     total = sum(cfg.shard_range(s)[1] - cfg.shard_range(s)[0] for s in pending)
     bar = tqdm(total=total, unit="frame", disable=not show_progress, smoothing=0.05,
@@ -246,7 +285,6 @@ def run(job: Job, workers: int, show_progress: bool = True) -> dict:
                 except queue.Empty:
                     break
     bar.close()
-    return write_manifest(job)
 
 
 def manifest_for(job: Job, records: list[dict]) -> dict:
@@ -359,7 +397,7 @@ def merge(out: Path, sources: list[Path]) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     for src, dst in moves:
         shutil.move(str(src), dst)
-    manifest = {k: v for k, v in first.items() if k != "slice"}
+    manifest = {k: v for k, v in seen[0][2].items() if k != "slice"}   # slice 0's command and settings
     manifest["shards"] = records
     manifest["count"] = sum(r["count"] for r in records)
     manifest["merged_from"] = [str(p) for _, p, _ in slices]

@@ -155,21 +155,44 @@ def test_a_finished_dataset_rerun_keeps_its_manifest(tmp_path, capsys):
     assert (out / "manifest.json").read_bytes() == before
 
 
-def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, capsys):
-    """A duplicated job would delete the running one's temporaries; it is refused in one line."""
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_path, capsys, monkeypatch):
+    """A duplicated job would delete the running one's temporaries; it is refused in one line.
+    Another slice is not; a filesystem without locks gives a warning, not a failure."""
+    import errno
     import fcntl
 
     out = tmp_path / "busy"
     assert _run(out) == 0
-    with open(out / ".render-hands.lock", "a") as held:   # what a running render-hands holds
+    lock = out / ".render-hands.slice-00000-of-00001.lock"
+    with open(lock, "a") as held:   # what a running render-hands holds while it renders
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         (out / ".shard-000000.tar.tmp-424242").write_bytes(b"the running job's")
         capsys.readouterr()
         assert _run(out) == 2
-        assert capsys.readouterr().err == (f"render-hands: error: {out}: another render-hands is writing this dataset "
-                                           f"(it holds {out / '.render-hands.lock'}); wait for it to finish or stop it\n")
+        assert capsys.readouterr().err == (f"render-hands: error: {out}: another render-hands is writing here "
+                                           f"(it holds {lock}); wait for it to finish or stop it\n")
         assert (out / ".shard-000000.tar.tmp-424242").exists()
+        assert _run(out, "--shard-index", "1", "--num-shards", "2") == 0   # another slice goes ahead
     assert _run(out) == 0   # released: the same command runs
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning) as caught:
+        assert _run(tmp_path / "nfs") == 0
+    assert [str(w.message) for w in caught] == [f"{tmp_path / 'nfs' / '.render-hands.lock'}: cannot lock (No locks "
+                                                "available); a second run into this folder would not be refused"]
+
+
+def test_the_library_releases_its_lock_when_a_run_ends(tmp_path):
+    from render import generate
+    from render.cli import build_job, render_parser
+
+    argv = BASE + ["--out", str(tmp_path / "lib")]
+    for _ in range(2):   # a notebook running the same job twice in one process
+        manifest, _ = generate.run(build_job(render_parser().parse_args(argv), argv), workers=1, show_progress=False)
+        assert manifest["count"] == 40
 
 
 def test_a_pose_file_named_from_another_folder_resumes_the_same_dataset(tmp_path, monkeypatch):
