@@ -62,6 +62,18 @@ def _to_numpy(value):
     return value
 
 
+def npz_arrays(raw: bytes) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file's bytes, never unpickling; ValueError for anything else (numpy's
+    own message for a file that is no zip blames pickled data and suggests loading it unsafely)."""
+    if not zipfile.is_zipfile(io.BytesIO(raw)):
+        raise ValueError("not a zip archive")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(str(err)) from None
+
+
 def read_model_arrays(path: Path) -> dict:
     """Arrays of a MANO-format file, chumpy and sparse values turned into numpy. Raises ValueError."""
     try:
@@ -70,11 +82,8 @@ def read_model_arrays(path: Path) -> dict:
         raise ValueError(f"{path}: cannot read the model file ({err.strerror or err})") from None
     if path.suffix == ".npz":
         try:
-            if not zipfile.is_zipfile(io.BytesIO(raw)):   # numpy would blame pickled data and suggest unsafe loading
-                raise ValueError("not a zip archive")
-            with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+            return npz_arrays(raw)
+        except ValueError as err:
             raise ValueError(f"{path}: not a readable .npz model ({err})") from None
     if path.suffix == ".pkl":
         try:

@@ -7,14 +7,13 @@ residual_mm (N,) from fitting.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from render.atomic import write_atomically
 
+from .mano_io import npz_arrays
 from .prior import PoseBatch
 
 
@@ -32,13 +31,11 @@ def load_pose_file(path: str | Path, num_betas: int | None = None) -> tuple[Pose
     path = Path(path)
     try:
         raw = path.read_bytes()
-        if not zipfile.is_zipfile(io.BytesIO(raw)):   # numpy would blame pickled data and suggest unsafe loading
-            raise ValueError("not a zip archive")
-        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
     except OSError as err:
         raise ValueError(f"{path}: cannot read pose file ({err.strerror or err})") from None
-    except (ValueError, zipfile.BadZipFile, EOFError) as err:
+    try:
+        arrays = npz_arrays(raw)
+    except ValueError as err:
         raise ValueError(f"{path}: not a pose .npz ({err})") from None
     for key in ("hand_pose", "betas", "global_orient"):
         if key not in arrays:
