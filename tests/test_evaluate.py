@@ -106,6 +106,10 @@ def test_a_captures_labels_are_scored_with_its_own_camera(tmp_path, capsys):
     assert main(["--pred", str(p), "--gt", str(g)]) == 0
     assert capsys.readouterr().out.startswith(f"camera: {capture / 'capture.json'} (beside --gt): fx 241.42 fy 241.42 "
                                               "cx 160 cy 120\nframes: 5  joints: 14\n")
+    meta = json.loads((capture / "capture.json").read_text())
+    (capture / "capture.json").write_text(json.dumps({**meta, "label_joints": ["a", "list"]}))   # not a joint set's name
+    assert main(["--pred", str(p), "--gt", str(g), "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["per_joint_mm"])[0] == "pinky_tip"   # 14 joints: NYU's subset
     (capture / "capture.json").write_text(json.dumps({"intrinsics": {"fx": "241"}}))
     assert main(["--pred", str(p), "--gt", str(g)]) == 2
     err = capsys.readouterr().err

@@ -238,9 +238,11 @@ def test_a_shard_listed_twice_is_found_by_its_keys(copy, tmp_path, capsys):
     assert f"{copy / manifest['shards'][1]['name']}: sample 000000000 where {due:09d} is due" in err
 
 
-def test_a_manifest_path_is_its_folder_and_unmerged_slices_are_named(copy, tmp_path, capsys):
-    rc, out, err = _run(capsys, copy / "manifest.json", "--out", tmp_path / "pics")
+def test_a_manifest_path_is_its_folder_and_unmerged_slices_are_named(copy, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = _run(capsys, copy / "manifest.json")
     assert rc == 0 and f"== {copy} (synthetic): 6 frames, OK" in out
+    assert (tmp_path / "inspect-ds" / "histograms.png").is_file()   # the default folder is named for DIR
     (copy / "manifest.json").rename(copy / "manifest.slice-00000-of-00002.json")
     rc, out, err = _run(capsys, copy, "--out", tmp_path / "pics")
     assert rc == 2 and err == (f"inspect-shards: error: {copy}: slices of a dataset not merged yet (render-hands merge "

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
+from render.arguments import one_line_warnings
 from render.atomic import WriteError, check_writable
 from training.captures import CaptureError, load_capture
 from training.config import PRESETS, ConfigError, TrainConfig, preset
@@ -66,8 +66,8 @@ def _predict_parser() -> argparse.ArgumentParser:
                         "of a file (u v d per line, one line per frame)")
     p.add_argument("--save-centres", type=Path, metavar="FILE",
                    help="also write the crop centres used, for --centre FILE next time")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
-                   help="where to run the network (default auto: cuda when torch sees one)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where to run the network (default cpu; both in float32)")
     return p
 
 
@@ -104,8 +104,7 @@ def _predict(argv: list[str]) -> int:
             raise WriteError(f"{args.out}: given as both --out and --save-centres")
         if args.centre not in ("detect", "labels") and not Path(args.centre).is_file():
             raise DataError(f"--centre {args.centre}: not detect, labels or a centres file")
-        device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                              else "cpu")
+        device = torch.device(args.device)
         method, config = load_model(args.checkpoint, device)
         capture = load_capture(args.real)
         centres = frame_centres(capture, args.centre)
@@ -121,9 +120,9 @@ def _predict(argv: list[str]) -> int:
 
 
 def _plot(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="train-mapping plot", description="loss and evaluation curves of a run as a PNG")
+    p = argparse.ArgumentParser(prog="train-mapping plot", description="loss and evaluation curves of a run as a picture")
     p.add_argument("run", type=Path, help="run folder (metrics.jsonl, config.json)")
-    p.add_argument("--out", required=True, type=Path, help="PNG to write")
+    p.add_argument("--out", required=True, type=Path, help="picture to write (.png, .pdf, .svg, .jpg)")
     p.add_argument("--title")
     args = p.parse_args(argv)
     from training.curves import plot_run
@@ -139,14 +138,13 @@ def _plot(argv: list[str]) -> int:
     return 0
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """Warnings as one line for a person (a frame without a hand), not a source location."""
-    return f"train-mapping: warning: {message}\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    warnings.formatwarning = _one_line_warning
+    with one_line_warnings("train-mapping"):   # a frame without a hand, say
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["predict"]:
         return _predict(argv[1:])
     if argv[:1] == ["plot"]:

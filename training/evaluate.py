@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
+from render.arguments import say
 from render.atomic import WriteError, check_writable
 from render.camera import NYU_KINECT, Intrinsics, uvd_to_xyz
 from render.jsonfile import read_json_object
@@ -143,7 +143,7 @@ def evaluate_uvd(pred_uvd: np.ndarray, gt_uvd: np.ndarray, cam: Intrinsics, y_up
 
 
 def plot_success_curve(curves: dict[str, EvalResult], path: str | Path) -> None:
-    """Write the worst-joint success curve(s) as a PNG (atomically: temp name, then rename)."""
+    """Write the worst-joint success curve(s) as a picture in the format the suffix names (atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,9 +174,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--intrinsics", type=Path,
                    help="camera JSON {fx, fy, cx, cy, width, height} (bare or under 'intrinsics'); implies custom")
     p.add_argument("--joints", choices=["auto", *JOINT_SETS], default="auto",
-                   help="joint set of the files, for per-joint names (auto: by column count)")
+                   help="joint set of the files, for per-joint names (auto: the capture.json's label_joints, else "
+                        "NYU-14 for 14 joints, joint_k for others)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--plot", type=Path, help="write the worst-joint success curve to this PNG")
+    p.add_argument("--plot", type=Path, help="write the worst-joint success curve to this picture (.png, .pdf, .svg, .jpg)")
     return p
 
 
@@ -220,18 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         if names is None:
             # 21 joints come in a different order in every dataset (MSRA: wrist, index, ..., thumb):
             # this project's order only where the capture says so; 14 joints are NYU's subset.
-            names = JOINT_SETS.get(label_joints) or (NYU14_NAMES if gt.shape[1] == len(NYU14_NAMES) else None)
+            known = JOINT_SETS.get(label_joints) if isinstance(label_joints, str) else None
+            names = known or (NYU14_NAMES if gt.shape[1] == len(NYU14_NAMES) else None)
             names = names if names is not None and len(names) == gt.shape[1] else None
         result = evaluate_uvd(pred, gt, cam, y_up, names)
     except (EvalInputError, ValueError, WriteError) as err:
         print(f"hand-eval: error: {err}", file=sys.stderr)
         return 2
-    try:
-        if not args.json:
-            print(f"camera: {camera_source}: fx {cam.fx:g} fy {cam.fy:g} cx {cam.cx:g} cy {cam.cy:g}")
-        _print(result, args.json)
-    except BrokenPipeError:   # `hand-eval ... | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if args.json:
+        say(json.dumps(result.to_dict()))
+    else:
+        say(f"camera: {camera_source}: fx {cam.fx:g} fy {cam.fy:g} cx {cam.cx:g} cy {cam.cy:g}\n" + _table(result))
     # After the results: a plot that cannot be written does not cost the numbers.
     if args.plot:
         try:
@@ -242,19 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print(result: EvalResult, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(f"frames: {result.frames}  joints: {len(result.per_joint_mm)}")
-        print(f"mean 3D joint error: {result.mean_error_mm:.3f} mm")
-        width = max(len(n) for n in result.per_joint_mm)
-        for name, err in result.per_joint_mm.items():
-            print(f"  {name:<{width}}  {err:7.3f} mm")
-        for t in (10, 20, 30, 40, 50, 80):
-            frac = np.interp(t, result.thresholds_mm, result.fraction_within)
-            print(f"  frames with worst joint <= {t:2d} mm: {100 * frac:5.1f} %")
-    sys.stdout.flush()   # a closed pipe shows here, not at exit
+def _table(result: EvalResult) -> str:
+    width = max(len(n) for n in result.per_joint_mm)
+    lines = [f"frames: {result.frames}  joints: {len(result.per_joint_mm)}",
+             f"mean 3D joint error: {result.mean_error_mm:.3f} mm"]
+    lines += [f"  {name:<{width}}  {err:7.3f} mm" for name, err in result.per_joint_mm.items()]
+    lines += [f"  frames with worst joint <= {t:2d} mm: {100 * np.interp(t, result.thresholds_mm, result.fraction_within):5.1f} %"
+              for t in (10, 20, 30, 40, 50, 80)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ hand, its centre and the crop square), the 128x128 network inputs of every input
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import sys
 import tarfile
@@ -32,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hand_models.joints import JOINT_NAMES, JOINT_PARENTS
+from render.arguments import say
 from render.atomic import WriteError, check_writable
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sample_key, sha256_file
@@ -449,14 +449,6 @@ def find_inputs(path: Path) -> list[tuple[str, Path]]:
     return [("real", p.parent) for p in sorted(path.rglob("capture.json"))]
 
 
-def _say(text: str) -> None:
-    """Print to stdout; `inspect-shards ... | head` closing the pipe ends the output, not the checks."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="inspect-shards", description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
@@ -464,10 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="folder for the pictures (default: ./inspect-NAME)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    # A manifest.json or capture.json stands for its folder.
+    args.paths = [p.parent if p.name in (MANIFEST, "capture.json") and p.is_file() else p for p in args.paths]
     inputs = []
     for path in args.paths:
-        if path.name in (MANIFEST, "capture.json") and path.is_file():   # the file given for its folder
-            path = path.parent
         found = find_inputs(path) if path.is_dir() else []
         if not found:
             sliced = path.is_dir() and any(path.glob("manifest.slice-*-of-*.json"))
@@ -489,17 +481,17 @@ def main(argv: list[str] | None = None) -> int:
     reports = [inspect_shards(path, not args.quiet) if kind == "synthetic" else inspect_capture(path, not args.quiet)
                for kind, path in inputs]
     for r in reports:
-        _say(f"\n== {r.path} ({r.kind}): {r.frames} frames, "
+        say(f"\n== {r.path} ({r.kind}): {r.frames} frames, "
              f"{'OK' if not r.problems else f'{len(r.problems)} problem(s)'}")
         for key, value in r.stats.items():
-            _say(f"  {key}: {value}")
+            say(f"  {key}: {value}")
     try:
         written = write_pictures(reports, out) if out is not None else []
     except WriteError as err:   # the checks above still stand; their problems are listed below
         print(f"inspect-shards: error: {err}", file=sys.stderr)
         written = None
     if written:
-        _say(f"\npictures: {', '.join(str(w) for w in written)}")
+        say(f"\npictures: {', '.join(str(w) for w in written)}")
     problems = [msg for r in reports for msg in r.problems]
     for msg in problems[:MAX_PROBLEMS_SHOWN]:
         print(f"inspect-shards: {msg}", file=sys.stderr)
