@@ -305,7 +305,8 @@ def manifest_for(job: Job, records: list[dict]) -> dict:
                 "placement": "default_rng([seed, index, 1])",
                 "sensor": "default_rng([seed, index, 2])"},
         "hand_model": {"id": job.identity["hand_model_id"], "checksum": job.identity["hand_model_checksum"]},
-        "poses": cfg.poses if cfg.poses == "prior" else {"file": cfg.poses,
+        # Relative to the dataset folder, as readers look for it: pairs stay paired when moved with their pose file.
+        "poses": cfg.poses if cfg.poses == "prior" else {"file": os.path.relpath(Path(cfg.poses).resolve(), job.out.resolve()),
                                                          "sha256": job.identity["poses_checksum"]},
         "sensor": cfg.sensor,
         "views": cfg.views,

@@ -129,6 +129,21 @@ def test_every_method_trains(trained, method):
     assert list((run / "tb").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize("method", ["murauer", "supervised"])
+def test_plot_draws_every_logged_term(trained, tmp_path, monkeypatch, method):
+    """train-mapping plot shows each loss term the run logged, whatever the method's terms are."""
+    import training.curves as curves
+
+    drawn = {}
+    monkeypatch.setattr(curves, "save_figure", lambda fig, path, dpi: drawn.update(
+        {line.get_label(): i for i, ax in enumerate(fig.axes) for line in ax.get_lines() if not line.get_label().startswith("_")}))
+    assert main(["plot", str(trained[method]), "--out", str(tmp_path / "c.png")]) == 0
+    logged = {k[len("train/"):] for r in _records(trained[method]) for k in r if k.startswith("train/")} - {"loss"}
+    assert logged <= set(drawn) and drawn["pose_synth"] == 0
+    assert [curves.panel(t) for t in ("pose_real", "view_real", "silhouette", "self_reg", "realism", "pose_adversarial",
+                                      "critic")] == [0, 1, 1, 1, 2, 2, 2]
+
+
 def test_predict_and_hand_eval_round_trip(trained, data, tmp_path, capsys):
     run = trained["murauer"]
     pred = tmp_path / "pred.txt"
@@ -429,12 +444,75 @@ def test_a_bad_real_frame_or_pairs_path_is_refused_before_training(data, tmp_pat
 
     pairs = tmp_path / "pairs"
     shutil.copytree(data["pairs"], pairs)
+    shutil.copy(data["root"] / "nyu_pose.npz", tmp_path)   # its pose file, beside it as the manifest says
     shard = sorted(pairs.glob("shard-*.tar"))[0]
     _replace_members(shard, shard, ".json", b'{"a": 1}')
     args = _args(data, "feature-mapping", tmp_path / "run", _config(tmp_path))
     args[args.index("--pairs") + 1] = str(pairs)
     assert main(args) == 2
     assert f"{shard}: 000000000: malformed sample (index None)" in capsys.readouterr().err
+
+
+def test_settings_and_labels_no_run_can_use_are_refused_before_anything_is_written(data, tmp_path, capsys):
+    """From a user's review: each of these trained silently, failed with a traceback, or left a
+    half-written run folder."""
+    import shutil
+
+    def refused(args: list[str], message: str) -> None:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+
+    out = tmp_path / "run"
+    base = ["--synthetic", str(data["synthetic"]), "--real", str(data["nyu"]), "--method", "synthetic-only",
+            "--preset", "cpu-small", "--quiet", "--out", str(out)]
+    # Evaluating on the held-out labelled frames: a bad --real-labels is an error, not "not evaluated".
+    refused(base + ["--config", str(_config(tmp_path)), "--real-labels", str(tmp_path / "none.txt")], "none.txt: cannot read")
+    metres = np.loadtxt(data["nyu"] / "labels_uvd.txt", ndmin=2)
+    metres[:, 2::3] /= 1000
+    np.savetxt(tmp_path / "metres.txt", metres)
+    refused(base + ["--config", str(_config(tmp_path)), "--real-labels", str(tmp_path / "metres.txt")],
+            "metres.txt: frame 0, joint 0: depth 0.")
+    for bad, message in [({"lr": -1}, "lr must be a positive number"), ({"w_pose_real": -1}, "w_pose_real = -1.0"),
+                         ({"cube_mm": 0}, "cube_mm must be positive"), ({"aug_scale": [1.0]}, "aug_scale must be")]:
+        refused(base + ["--config", str(_config(tmp_path, **bad))], message)
+    refused(base + ["--config", str(_config(tmp_path)), "--pairs", str(data["pairs"])], "give --n-labeled N with --pairs")
+    refused(base + ["--config", str(_config(tmp_path, workers=5))], "fewer workers")   # 4 shards for 5 workers
+    # A folder holding the user's own config.json is not a run to resume into.
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(TINY))
+    assert main(base + ["--config", str(out / "config.json")]) == 2
+    assert "a folder of other files, not a run" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text()) == TINY
+    shutil.rmtree(out)
+
+    # The pairs' pose file is found beside the shards, and only by its checksum.
+    moved = tmp_path / "moved" / "pairs"
+    shutil.copytree(data["pairs"], moved)
+    args = _args(data, "feature-mapping", out, _config(tmp_path))
+    args[args.index("--pairs") + 1] = str(moved)
+    refused(args, "is needed to pair samples with labelled frames, and is not there")
+    shutil.copy(data["root"] / "nyu_pose.npz", moved.parent / "nyu_pose.npz")
+    assert main(args) == 0   # moved with its pose file: still paired
+    shutil.rmtree(out)
+    poses = np.load(moved.parent / "nyu_pose.npz")
+    np.savez(moved.parent / "nyu_pose.npz", **{k: poses[k] for k in poses.files}, extra=np.zeros(1))
+    refused(args, f"{moved.parent / 'nyu_pose.npz'}: not the pose file {moved} was rendered from")
+
+
+def test_data_paths_in_a_config_file_are_relative_to_it(data, tmp_path, capsys):
+    import os
+
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    (folder / "synth").symlink_to(data["synthetic"])
+    config = _config(folder, synthetic="synth", real=[os.path.relpath(data["nyu"], folder)])
+    args = ["--method", "synthetic-only", "--preset", "cpu-small", "--config", str(config), "--quiet",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0   # from the test's working folder, not the config's
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["synthetic"] == str(folder.resolve() / "synth") and Path(saved["real"][0]).resolve() == data["nyu"].resolve()
 
 
 def test_a_malformed_manifest_is_one_line(data, tmp_path, capsys):

@@ -55,6 +55,7 @@ LABEL_JOINTS: dict[str, tuple[str, ...]] = {"nyu14": NYU14_NAMES, "21": JOINT_NA
 PLAUSIBLE_NEAR_MM = (100.0, 2500.0)
 PLAUSIBLE_PALM_WIDTH_MM = (30.0, 140.0)
 PLAUSIBLE_HAND_AREA_MM2 = (3000.0, 30000.0)
+HAND_DEPTH_MM = (100.0, 3000.0)   # where a hand's joints and crop centre can lie from a depth sensor
 UNIT_CHECK_FRAMES = 3     # frames with a hand that check_units looks at ...
 UNIT_CHECK_TRIES = 16     # ... among the first, middle, last and this many spread over the capture
 
@@ -178,6 +179,16 @@ class Capture:
             raise CaptureError(
                 f"{self.frames[index]}: depths implausible for a hand with depth_scale_mm="
                 f"{self.depth_scale_mm:g}: {', '.join(bad)}; check depth_scale_mm in {self.root / 'capture.json'}")
+
+
+def check_label_depths(labels_uvd: np.ndarray, path: str | Path) -> None:
+    """Refuse labels whose depths no hand has: metres or xyz given for u v d (pixels, pixels, mm)."""
+    near, far = HAND_DEPTH_MM
+    bad = np.argwhere((labels_uvd[..., 2] < near) | (labels_uvd[..., 2] > far))
+    if len(bad):
+        frame, joint = bad[0]
+        raise CaptureError(f"{path}: frame {frame}, joint {joint}: depth {labels_uvd[frame, joint, 2]:g} mm is not a "
+                           f"hand's distance ({near:.0f}-{far:.0f} mm; labels are u v d in pixels, pixels, mm)")
 
 
 def mirror_uvd(uvd: np.ndarray, width: int) -> np.ndarray:
@@ -360,6 +371,7 @@ def load_capture(root: str | Path, check_units: bool = True) -> Capture:
             raise CaptureError(str(err)) from None
         if len(labels) != len(frames):
             raise CaptureError(f"{labels_path}: {len(labels)} label lines for {len(frames)} frames")
+        check_label_depths(labels, labels_path)
 
     views = _load_views(root, meta_path, meta["views"], len(frames), hand == "left") if "views" in meta else ()
     if hand == "left":

@@ -28,6 +28,9 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message names it."""
 
 
+PATH_SETTINGS = ("synthetic", "real", "real_labels", "pairs", "eval")   # data folders and files
+
+
 @dataclass
 class TrainConfig:
     # --- what to learn from ----------------------------------------------------------------
@@ -136,6 +139,17 @@ class TrainConfig:
              f"channels_last must be auto, on or off, got {self.channels_last!r}")
         need(self.workers >= 0 and self.prefetch >= 1, "workers must be >= 0 and prefetch >= 1")
         need(not (self.n_labeled or self.pairs) or self.real, "labelled real frames need --real CAPTURE")
+        need(not self.pairs or self.n_labeled > 0,
+             "pairs are the synthetic twins of labelled frames: give --n-labeled N with --pairs")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"weight_decay must be 0 or more, got {self.weight_decay}")
+        need(math.isfinite(self.cube_mm) and self.cube_mm > 0, f"cube_mm must be positive, got {self.cube_mm}")
+        weights = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("w_")}
+        bad = [f"{k} = {v}" for k, v in weights.items() if not (math.isfinite(v) and v >= 0)]
+        need(not bad, f"loss weights must be 0 or more: {', '.join(bad)}")
+        need(len(self.aug_scale) == 2 and 0 < self.aug_scale[0] <= self.aug_scale[1],
+             f"aug_scale must be [low, high] with 0 < low <= high, got {list(self.aug_scale)}")
         return self
 
     # --- (de)serialisation ---------------------------------------------------------------------
@@ -173,10 +187,19 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path, base: "TrainConfig | None" = None) -> "TrainConfig":
+        """Settings from a JSON file; its relative data paths are relative to the file, as a
+        reader of the file would take them (made absolute, as the command line's are)."""
         try:
             data = read_json_object(path, "config")
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        here = Path(path).resolve().parent
+        for key in PATH_SETTINGS:
+            value = data.get(key)
+            if key == "real" and isinstance(value, list):
+                data[key] = [str(here / v) if isinstance(v, str) else v for v in value]
+            elif isinstance(value, str) and value:
+                data[key] = str(here / value)
         return cls.from_dict(data, base, source=str(path))
 
 

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 from training.figures import save_figure
 
-PANELS = (
-    ("pose (summed squared error, normalised units)", ("pose_synth", "pose_real")),
-    ("mapping and view terms (weighted)", ("embedding", "view")),
-    ("adversarial terms", ("adversarial", "critic")),
-)
+PANELS = ("pose (summed squared error, normalised units)", "the method's other terms (weighted)",
+          "adversarial terms (weighted) and discriminator")
+
+
+def panel(term: str) -> int:
+    """Which of PANELS a logged loss term belongs to, for every method's terms."""
+    if term in ("pose_synth", "pose_real"):
+        return 0
+    return 2 if any(k in term for k in ("adversarial", "critic", "realism")) else 1
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -37,11 +41,11 @@ def plot_run(run: str | Path, path: str | Path, title: str | None = None) -> Non
     evals = [r for r in records if "eval_mean_error_mm" in r]
     config = json.loads((run / "config.json").read_text())
     fig, axes = plt.subplots(1, len(PANELS) + 1, figsize=(4.2 * (len(PANELS) + 1), 3.8))
-    for ax, (label, terms) in zip(axes, PANELS):
-        for term in terms:
-            pts = [(r["step"], r[f"train/{term}"]) for r in train if f"train/{term}" in r]
-            if pts:
-                ax.plot(*zip(*pts), label=term)
+    terms = sorted({k[len("train/"):] for r in train for k in r if k.startswith("train/")} - {"loss"})
+    for term in terms:
+        pts = [(r["step"], r[f"train/{term}"]) for r in train if f"train/{term}" in r]
+        axes[panel(term)].plot(*zip(*pts), label=term)
+    for ax, label in zip(axes, PANELS):
         ax.set_title(label, fontsize=9)
         ax.set_yscale("log")
     ax = axes[-1]

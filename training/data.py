@@ -28,6 +28,7 @@ i mod N (N = poses in the file), i.e. labelled frame i mod N.
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 import warnings
 from collections import OrderedDict
@@ -44,7 +45,8 @@ from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.camera import uvd_to_xyz, xyz_to_uvd
 from render.shards import decode_depth_png, iter_shard, read_manifest, sha256_file
 from render.views import VIEWS
-from training.captures import Capture, CaptureError, CaptureView, NoHandError, load_capture, mirror_uvd
+from training.captures import (Capture, CaptureError, CaptureView, NoHandError, check_label_depths, load_capture,
+                               mirror_uvd)
 from training.config import TrainConfig
 from training.crop import (Augmentation, AugmentParams, CropConfig, CropGeometry, crop_geometry, crop_hand,
                            crop_shard_sample)
@@ -127,6 +129,10 @@ def labeled_frames(capture: Capture, n: int, joints: str, labels_file: str = "")
             raise DataError(str(err)) from None
         if len(labels) != len(capture):
             raise DataError(f"{labels_file}: {len(labels)} label lines for {len(capture)} frames of {capture.root}")
+        try:
+            check_label_depths(labels, labels_file)
+        except CaptureError as err:
+            raise DataError(str(err)) from None
         if capture.mirrored:
             labels = mirror_uvd(labels, capture.intrinsics.width)
         label_joints = joints
@@ -183,11 +189,20 @@ def open_pairs(root: str | Path, n_labeled: int) -> Pairs:
                         f"samples correspond to no labelled frames")
     from hand_models.poses import load_pose_file
 
-    pose_path = Path(poses["file"])
-    if not pose_path.is_absolute() and not pose_path.exists():
-        pose_path = shards.root / pose_path
+    # Named relative to the shard folder (datasets written before: to render-hands' working folder,
+    # tried second); the checksum decides, so another file of the same name never pairs the twins.
+    recorded = Path(str(poses["file"]))
+    candidates = [recorded] if recorded.is_absolute() else [Path(os.path.normpath(shards.root / recorded)), recorded]
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        raise DataError(f"{shards.root}: the pose file its manifest names ({recorded}, relative to the shard folder) "
+                        f"is needed to pair samples with labelled frames, and is not there")
+    same = [p for p in found if sha256_file(p) == poses.get("sha256")]
+    if not same:
+        raise DataError(f"{found[0]}: not the pose file {shards.root} was rendered from (its sha256 differs from "
+                        f"the manifest's)")
     try:
-        n_poses = len(load_pose_file(pose_path)[0].hand_pose)
+        n_poses = len(load_pose_file(same[0])[0].hand_pose)
     except ValueError as err:
         raise DataError(f"{shards.root}: the pose file its manifest names is needed to pair samples "
                         f"with labelled frames: {err}") from None
@@ -636,10 +651,9 @@ def eval_frames(config: TrainConfig, sources: Sources) -> tuple[Capture, list[in
     if not sources.captures:
         return None
     capture = sources.captures[0]
-    try:
-        frames = labeled_frames(capture, len(capture), config.joints, config.real_labels)
-    except DataError:
+    if capture.labels_uvd is None and not config.real_labels:
         return None
+    frames = labeled_frames(capture, len(capture), config.joints, config.real_labels)   # bad labels: refused
     held_out = list(range(config.n_labeled, len(capture)))
     return (capture, held_out, frames.labels_uvd[held_out]) if held_out else None
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from render.atomic import write_atomically
-from training.captures import Capture, mirror_uvd
+from training.captures import HAND_DEPTH_MM, Capture, mirror_uvd
 from training.config import TrainConfig
 from training.data import DataError, crop_frames, detected_centres
 from training.localize import centre_from_labels, load_centres, save_centres
@@ -36,11 +36,6 @@ def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu"
     return method.to(device).eval(), config
 
 
-# Depths a crop centre can have: a hand from touching the sensor to the far end of its range (the
-# centre lies inside the hand, behind the nearest point that training.captures' unit check bounds).
-CENTRE_DEPTH_MM = (100.0, 3000.0)
-
-
 def frame_centres(capture: Capture, centre: str | Path = "detect") -> np.ndarray:
     """Crop centre of every frame (uvd, in the frames as training reads them): the detected hand,
     the labelled palm centre, or a centres file's. Detection costs more than a small network's
@@ -55,7 +50,7 @@ def frame_centres(capture: Capture, centre: str | Path = "detect") -> np.ndarray
         centres = load_centres(centre, frames=len(capture))
     except ValueError as err:
         raise DataError(str(err)) from None
-    cam, (near, far) = capture.intrinsics, CENTRE_DEPTH_MM
+    cam, (near, far) = capture.intrinsics, HAND_DEPTH_MM
     for frame, (u, v, d) in enumerate(centres):
         if not (0 <= u <= cam.width - 1 and 0 <= v <= cam.height - 1):
             raise DataError(f"{centre}: frame {frame}: centre {u:g} {v:g} lies outside the {cam.width}x{cam.height} image")

@@ -209,8 +209,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     if master:
         check_writable(out, folder=True)
         others = out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())   # not temporaries
-        if others and state is None and not (out / "config.json").exists():
-            # Not a run (config.json comes first): its files would be mixed with another's.
+        if others and state is None and not ((out / "config.json").exists() and (out / "metrics.jsonl").exists()):
+            # Not a run (a run writes config.json and metrics.jsonl first): its files would be mixed with another's.
             raise TrainingError(f"{out}: a folder of other files, not a run; give a new or empty --out")
 
     # Data: everything is opened and checked before any output is written.
@@ -239,6 +239,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         # The loader's processes need cores too; oversubscribed intra-op threads slow the step down.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - config.workers))
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+    # Built before any output is written: it refuses a shard set too small for the workers.
+    loader = train_loader(config, sources, parts, rank, world, start_step, pin_memory=cuda)
     torch.manual_seed(config.seed)
     method = build(config)
     critic = method.make_discriminator()
@@ -310,7 +312,6 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
                     writer.add_scalar(k, v, record["step"])
 
     # The loop.
-    loader = train_loader(config, sources, parts, rank, world, start_step, pin_memory=cuda)
     samples_per_step = config.batch_size * world
     bar = tqdm(total=config.steps * samples_per_step, initial=start_step * samples_per_step, unit="sample",
                unit_scale=True, desc=f"{config.method}", disable=not (master and progress), dynamic_ncols=True)
