@@ -478,6 +478,8 @@ def test_settings_and_labels_no_run_can_use_are_refused_before_anything_is_writt
                          ({"cube_mm": 0}, "cube_mm must be positive"), ({"aug_scale": [1.0]}, "aug_scale must be")]:
         refused(base + ["--config", str(_config(tmp_path, **bad))], message)
     refused(base + ["--config", str(_config(tmp_path)), "--pairs", str(data["pairs"])], "give --n-labeled N with --pairs")
+    refused(base + ["--config", str(_config(tmp_path)), "--real", str(data["nyu"]), str(data["nyu"])], "given twice")
+    refused(_args(data, "feature-mapping", out, _config(tmp_path, pretrain_steps=0)), "pretrain_steps must be positive")
     refused(base + ["--config", str(_config(tmp_path, workers=5))], "fewer workers")   # 4 shards for 5 workers
     # A folder holding the user's own config.json is not a run to resume into.
     out.mkdir()
@@ -499,6 +501,31 @@ def test_settings_and_labels_no_run_can_use_are_refused_before_anything_is_writt
     poses = np.load(moved.parent / "nyu_pose.npz")
     np.savez(moved.parent / "nyu_pose.npz", **{k: poses[k] for k in poses.files}, extra=np.zeros(1))
     refused(args, f"{moved.parent / 'nyu_pose.npz'}: not the pose file {moved} was rendered from")
+
+
+def test_an_interrupted_run_says_which_step_it_resumes_from(trained, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import training.train
+
+    def interrupted(config, out, progress=True):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.train, "train", interrupted)
+    run = tmp_path / "run"
+    shutil.copytree(trained["supervised"], run)
+    args = ["--synthetic", "x", "--method", "synthetic-only", "--preset", "cpu-small", "--out", str(run)]
+    assert main(args) == 130
+    assert capsys.readouterr().err == (f"train-mapping: interrupted; run the same command to resume from "
+                                       f"{run / 'checkpoint.pt'} (step 4)\n")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "step": "abc"}, run / "checkpoint.pt")   # damaged: no step to resume from
+    assert main(args) == 130
+    assert capsys.readouterr().err.startswith(f"train-mapping: interrupted; no resumable checkpoint: {run / 'checkpoint.pt'}: "
+                                              "not a readable checkpoint (damaged: step 'abc'")
+    shutil.rmtree(run)
+    assert main(args) == 130
+    assert "no checkpoint was saved yet; running the same command starts over" in capsys.readouterr().err
 
 
 def test_data_paths_in_a_config_file_are_relative_to_it(data, tmp_path, capsys):

@@ -22,7 +22,7 @@ from training.config import PRESETS, ConfigError, TrainConfig, preset
 from training.data import DataError
 from training.evaluate import EvalInputError
 from training.methods import REGISTRY
-from training.train import TrainingError
+from training.train import TrainingError, load_checkpoint
 
 ERRORS = (ConfigError, DataError, CaptureError, EvalInputError, TrainingError, WriteError)
 
@@ -159,8 +159,11 @@ def _main(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt:
         checkpoint = args.out / "checkpoint.pt"
-        kept = f"run the same command to resume from {checkpoint}" if checkpoint.exists() \
-            else "no checkpoint was saved yet; running the same command starts over"
+        try:
+            kept = f"run the same command to resume from {checkpoint} (step {load_checkpoint(checkpoint)['step']})" \
+                if checkpoint.exists() else "no checkpoint was saved yet; running the same command starts over"
+        except TrainingError as err:
+            kept = f"no resumable checkpoint: {err}"
         print(f"train-mapping: interrupted; {kept}", file=sys.stderr)
         return 130
     finally:

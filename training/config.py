@@ -139,6 +139,8 @@ class TrainConfig:
              f"channels_last must be auto, on or off, got {self.channels_last!r}")
         need(self.workers >= 0 and self.prefetch >= 1, "workers must be >= 0 and prefetch >= 1")
         need(not (self.n_labeled or self.pairs) or self.real, "labelled real frames need --real CAPTURE")
+        twice = sorted({p for p in self.real if self.real.count(p) > 1})
+        need(not twice, f"--real {', '.join(twice)} given twice (its frames would count double)")
         need(not self.pairs or self.n_labeled > 0,
              "pairs are the synthetic twins of labelled frames: give --n-labeled N with --pairs")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")

@@ -217,6 +217,13 @@ class FeatureMapping(Method):
 
     uses_labeled = uses_pairs = needs_labeled = needs_pairs = True
 
+    @classmethod
+    def check(cls, config: TrainConfig) -> None:
+        super().check(config)
+        if config.pretrain_steps <= 0:
+            raise ConfigError("method feature-mapping freezes the pose head that synthetic pre-training trains: "
+                              "pretrain_steps must be positive")
+
     def __init__(self, config: TrainConfig) -> None:
         super().__init__(config)
         self.mapping = Mapping(config)

@@ -73,6 +73,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise TrainingError(f"{path}: not a train-mapping checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
         raise TrainingError(f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(state.get("config"), dict):
+        raise TrainingError(f"{path}: not a readable checkpoint (damaged: step {step!r}, or no configuration)")
     return state
 
 
