@@ -8,7 +8,7 @@ hand (surface noise, not edges), and the fraction of zero pixels inside the fill
 forearm stub) with NYU intrinsics at NYU's distances, an open hand like the NYU frame's; a
 further column measures the project's rendered hand in random prior poses (self-occlusion).
 
-    python benchmarks/sensor_stats.py [--frames 20] [--rendered 16] [--figure docs/sensor_kinect.png]
+    python benchmarks/sensor_stats.py [--frames 20] [--rendered 32] [--figure docs/sensor_kinect.png]
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=20, help="synthetic kinect frames (different seeds)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rendered", type=int, default=16,
+    ap.add_argument("--rendered", type=int, default=32,
                     help="also measure this many frames of the project's hand (render.dataset); 0 = skip")
     ap.add_argument("--figure", type=Path, default=Path("docs/sensor_kinect.png"))
     ap.add_argument("--repeats", type=int, default=200, help="timing repeats (median reported)")
