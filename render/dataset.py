@@ -220,9 +220,10 @@ class Synthesizer:
         else:
             beyond = " (beyond --n, placed with its render chunk)" if index >= cfg.n else ""
             raise RuntimeError(f"{cfg.camera_source}: sample {index}'s hand{beyond} does not fit in the camera's "
-                               f"{cam.width}x{cam.height} frame at {lo:.0f}..{hi:.0f} mm after {PLACEMENT_TRIES} draws (placement "
+                               f"{cam.width}x{cam.height} frame (in a window of at most {self.renderer.atlas[0]}x{self.renderer.atlas[1]} px) "
+                               f"at {lo:.0f}..{hi:.0f} mm after {PLACEMENT_TRIES} draws (placement "
                                f"depends only on --seed and the sample, so a rerun fails here again: allow farther "
-                               f"distances with --distance, or use a camera that sees more)")
+                               f"distances with --distance, or use a camera that sees more or has a shorter focal length)")
         transl = centre - pivot
         pose_dict = {"hand_pose": _round(pose.hand_pose[0].reshape(-1), 6),
                      "betas": _round(pose.betas[0], 6),
@@ -245,7 +246,10 @@ class Synthesizer:
             if (uv[:, 0].min() < m or uv[:, 1].min() < m or uv[:, 0].max() > cam.width - 1 - m
                     or uv[:, 1].max() > cam.height - 1 - m):
                 return None
-            out.append(bounding_window(uv, cam, m))
+            window = bounding_window(uv, cam, m)
+            if window.width > self.renderer.atlas[0] or window.height > self.renderer.atlas[1]:
+                return None   # larger than the renderer draws in one pass: a farther draw may fit
+            out.append(window)
         return out
 
     # --- rendering and encoding -----------------------------------------------------------

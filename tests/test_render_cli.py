@@ -328,6 +328,20 @@ def test_a_camera_too_small_is_named_and_a_corrected_command_runs(tmp_path, caps
     assert read_manifest(out)["count"] == 40
 
 
+def test_a_hand_too_large_for_one_render_pass_is_placed_farther_or_named(tmp_path, capsys):
+    """A high-resolution camera: near draws whose window exceeds the renderer's atlas are drawn
+    again farther away; where no distance fits, one line says what to change."""
+    camera = tmp_path / "sharp.json"
+    camera.write_text(json.dumps({"fx": 5000.0, "fy": 5000.0, "cx": 4000.0, "cy": 3000.0, "width": 8000, "height": 6000}))
+    assert _run(tmp_path / "sharp", "--camera", str(camera), "--n", "8", "--shard-size", "8") == 0
+    assert all(max(s["crop_size"]) <= 2048 for s in iter_samples(tmp_path / "sharp"))
+    camera.write_text(json.dumps({"fx": 20000.0, "fy": 20000.0, "cx": 10000.0, "cy": 7500.0, "width": 20000, "height": 15000}))
+    capsys.readouterr()
+    assert _run(tmp_path / "huge", "--camera", str(camera), "--n", "8", "--shard-size", "8") == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "(in a window of at most 2048x2048 px)" in err and "shorter focal length" in err
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "dry"
     assert _run(out, "--dry-run", "--views", "3") == 0
