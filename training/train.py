@@ -112,8 +112,10 @@ def _check_resume(config: TrainConfig, saved: dict, path: Path) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint a resumed run continues from."""
+    """Drop metric lines written after the checkpoint a resumed run continues from (a new run:
+    create the file, which with config.json marks the folder as a run)."""
     if not path.exists():
+        path.touch()
         return
     keep = [json.dumps(r) for r in read_metrics(path) if r.get("step", math.inf) <= step]
     write_atomically(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
@@ -300,8 +302,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     writer = None
     if master:
         out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(out / "metrics.jsonl", start_step)   # first: config.json alone is no run (a user's file)
         write_json(out / "config.json", config.to_dict())   # usable as --config as it stands
-        _truncate_metrics(out / "metrics.jsonl", start_step)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"), purge_step=start_step)
     metrics_file = open(out / "metrics.jsonl", "a") if master else None
