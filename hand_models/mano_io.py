@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def npz_arrays(raw: bytes) -> dict[str, np.ndarray]:
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as err:   # zlib: a damaged compressed member
         raise ValueError(str(err)) from None
 
 

@@ -359,8 +359,12 @@ def merge(out: Path, sources: list[Path]) -> dict:
             "views", "forearm", "distance_mm", "shard_size", "generator")
     count = first["slice"]["count"]
     seen: dict[int, tuple[Path, Path, dict]] = {}
+    def field(m: dict, key: str):   # a pose file by content: each slice names it from its own folder
+        value = m.get(key)
+        return value.get("sha256") if key == "poses" and isinstance(value, dict) else value
+
     for folder, path, m in slices:
-        diff = [k for k in keys if m.get(k) != first.get(k)]
+        diff = [k for k in keys if field(m, k) != field(first, k)]
         diff += [name for k, name in (("count", "num_shards"), ("n", "n")) if m["slice"].get(k) != first["slice"].get(k)]
         if diff:
             raise JobError(f"{path}: belongs to a different dataset than {slices[0][1]} "
@@ -398,7 +402,11 @@ def merge(out: Path, sources: list[Path]) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     for src, dst in moves:
         shutil.move(str(src), dst)
-    manifest = {k: v for k, v in seen[0][2].items() if k != "slice"}   # slice 0's command and settings
+    folder0, _, base = seen[0]
+    manifest = {k: v for k, v in base.items() if k != "slice"}   # slice 0's command and settings
+    if isinstance(manifest.get("poses"), dict) and isinstance(manifest["poses"].get("file"), str):   # named from the merged folder now
+        pose_file = (folder0.resolve() / manifest["poses"]["file"]).resolve()
+        manifest["poses"] = {**manifest["poses"], "file": os.path.relpath(pose_file, out.resolve())}
     manifest["shards"] = records
     manifest["count"] = sum(r["count"] for r in records)
     manifest["merged_from"] = [str(p) for _, p, _ in slices]

@@ -144,7 +144,7 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("problem", ["missing", "truncated", "not_zip", "no_weights", "bad_faces", "text"])
+@pytest.mark.parametrize("problem", ["missing", "truncated", "not_zip", "damaged", "no_weights", "bad_faces", "text"])
 def test_broken_model_files_give_clear_errors(tmp_path, problem):
     arrays = _mano_like_arrays()
     path = tmp_path / "model.npz"
@@ -155,6 +155,12 @@ def test_broken_model_files_give_clear_errors(tmp_path, problem):
         np.savez(path, **arrays)
         path.write_bytes(path.read_bytes()[:500])
         message = "not a readable .npz"
+    elif problem == "damaged":   # one byte of a compressed member: zlib's own error, caught too
+        np.savez_compressed(path, **arrays)
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        path.write_bytes(bytes(raw))
+        message = "not a readable .npz model"
     elif problem == "not_zip":   # numpy's own message blames pickled data and suggests allow_pickle
         path.write_text("a text file")
         message = r"not a readable \.npz model \(not a zip archive\)$"

@@ -274,6 +274,28 @@ def test_slices_merge_into_the_whole_dataset(reference, tmp_path):
     assert len(list(iter_samples(shared, verify=True))) == 40
 
 
+def test_slices_of_a_pose_file_merge_from_folders_at_any_depth(tmp_path, monkeypatch):
+    """Each slice names the pose file from its own folder; merge compares it by content and names
+    it from the merged folder, where train-mapping's pairs reader finds it."""
+    from hand_models.model import HandModel
+    from hand_models.poses import save_pose_file
+    from hand_models.prior import PosePrior
+    from training.data import open_pairs
+
+    prior = PosePrior(HandModel.load())
+    save_pose_file(tmp_path / "poses.npz", prior.sample(4, np.random.default_rng(0)))
+    monkeypatch.chdir(tmp_path)
+    common = ["--poses", "poses.npz", "--n", "8", "--shard-size", "2", "--num-shards", "2"]
+    assert _run(tmp_path / "deep" / "er" / "s0", *common, "--shard-index", "0") == 0
+    assert _run(tmp_path / "s1", *common, "--shard-index", "1") == 0
+    out = tmp_path / "merged" / "pairs"
+    assert main(["merge", str(out), str(tmp_path / "deep" / "er" / "s0"), str(tmp_path / "s1")]) == 0
+    assert read_manifest(out)["poses"]["file"] == "../../poses.npz"
+    assert len(open_pairs(out, 4).twins) == 4
+    (tmp_path / "link").symlink_to(out)   # reached through a symlink: ".." is the real folder's
+    assert len(open_pairs(tmp_path / "link", 4).twins) == 4
+
+
 def test_a_refused_merge_moves_nothing(reference, tmp_path, capsys):
     out, one, two = tmp_path / "out", tmp_path / "one", tmp_path / "two"
     for index, folder in enumerate((out, one, two)):

@@ -528,6 +528,23 @@ def test_an_interrupted_run_says_which_step_it_resumes_from(trained, tmp_path, c
     assert "no checkpoint was saved yet; running the same command starts over" in capsys.readouterr().err
 
 
+def test_a_capture_labelled_with_another_joint_set_is_not_evaluated_on(data, tmp_path):
+    """Labels of another joint set are not bad labels: a run that trains on none of them goes
+    ahead without evaluation, and says why."""
+    import shutil
+
+    capture = tmp_path / "nyu21"
+    shutil.copytree(data["nyu"], capture)
+    labels = np.loadtxt(capture / "labels_uvd.txt", ndmin=2).reshape(-1, 14, 3)
+    np.savetxt(capture / "labels_uvd.txt", np.concatenate([labels, labels[:, :7]], axis=1).reshape(len(labels), -1))
+    meta = json.loads((capture / "capture.json").read_text())
+    (capture / "capture.json").write_text(json.dumps({**meta, "label_joints": "21"}))
+    with pytest.warns(UserWarning, match="labelled with 21 joints, training nyu14: not evaluated on it"):
+        assert main(["--synthetic", str(data["synthetic"]), "--real", str(capture), "--method", "synthetic-only",
+                     "--preset", "cpu-small", "--config", str(_config(tmp_path)), "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert "eval_mean_error_mm" not in json.loads((tmp_path / "run" / "summary.json").read_text())
+
+
 def test_data_paths_in_a_config_file_are_relative_to_it(data, tmp_path, capsys):
     import os
 
@@ -539,7 +556,16 @@ def test_data_paths_in_a_config_file_are_relative_to_it(data, tmp_path, capsys):
             "--out", str(tmp_path / "run")]
     assert main(args) == 0   # from the test's working folder, not the config's
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["synthetic"] == str(folder.resolve() / "synth") and Path(saved["real"][0]).resolve() == data["nyu"].resolve()
+    assert saved["synthetic"] == str(data["synthetic"].resolve()) and saved["real"] == [str(data["nyu"].resolve())]
+    # The same folders named on the command line (spelled otherwise) are the same run: it resumes.
+    assert main(args + ["--max-steps", "6", "--synthetic", str(folder / "synth"),
+                        "--real", str(folder / ".." / os.path.relpath(data["nyu"], tmp_path))]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["resumed_from"] == 4
+    (folder / "bad.json").write_text(json.dumps({"aug_scale": ["a", "b"]}))
+    capsys.readouterr()
+    assert main(["--method", "synthetic-only", "--preset", "cpu-small", "--config", str(folder / "bad.json"),
+                 "--synthetic", str(data["synthetic"]), "--out", str(tmp_path / "bad")]) == 2
+    assert "aug_scale must be [low, high]" in capsys.readouterr().err
 
 
 def test_a_malformed_manifest_is_one_line(data, tmp_path, capsys):

@@ -150,7 +150,9 @@ class TrainConfig:
         weights = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("w_")}
         bad = [f"{k} = {v}" for k, v in weights.items() if not (math.isfinite(v) and v >= 0)]
         need(not bad, f"loss weights must be 0 or more: {', '.join(bad)}")
-        need(len(self.aug_scale) == 2 and 0 < self.aug_scale[0] <= self.aug_scale[1],
+        need(len(self.aug_scale) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in self.aug_scale)
+             and 0 < self.aug_scale[0] <= self.aug_scale[1],
              f"aug_scale must be [low, high] with 0 < low <= high, got {list(self.aug_scale)}")
         return self
 
@@ -199,9 +201,9 @@ class TrainConfig:
         for key in PATH_SETTINGS:
             value = data.get(key)
             if key == "real" and isinstance(value, list):
-                data[key] = [str(here / v) if isinstance(v, str) else v for v in value]
+                data[key] = [str((here / v).resolve()) if isinstance(v, str) else v for v in value]
             elif isinstance(value, str) and value:
-                data[key] = str(here / value)
+                data[key] = str((here / value).resolve())
         return cls.from_dict(data, base, source=str(path))
 
 

@@ -28,7 +28,6 @@ i mod N (N = poses in the file), i.e. labelled frame i mod N.
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 import warnings
 from collections import OrderedDict
@@ -192,7 +191,7 @@ def open_pairs(root: str | Path, n_labeled: int) -> Pairs:
     # Named relative to the shard folder (datasets written before: to render-hands' working folder,
     # tried second); the checksum decides, so another file of the same name never pairs the twins.
     recorded = Path(str(poses["file"]))
-    candidates = [recorded] if recorded.is_absolute() else [Path(os.path.normpath(shards.root / recorded)), recorded]
+    candidates = [recorded] if recorded.is_absolute() else [(shards.root.resolve() / recorded).resolve(), recorded]
     found = [p for p in candidates if p.is_file()]
     if not found:
         raise DataError(f"{shards.root}: the pose file its manifest names ({recorded}, relative to the shard folder) "
@@ -652,6 +651,10 @@ def eval_frames(config: TrainConfig, sources: Sources) -> tuple[Capture, list[in
         return None
     capture = sources.captures[0]
     if capture.labels_uvd is None and not config.real_labels:
+        return None
+    if not config.real_labels and capture.label_joints != config.joints:
+        warnings.warn(f"{capture.root}: labelled with {capture.label_joints} joints, training {config.joints}: "
+                      "not evaluated on it (give --eval CAPTURE)")
         return None
     frames = labeled_frames(capture, len(capture), config.joints, config.real_labels)   # bad labels: refused
     held_out = list(range(config.n_labeled, len(capture)))

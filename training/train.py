@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from render.atomic import check_writable, write_atomically, write_json
-from training.config import ConfigError, TrainConfig, lr_multiplier
+from training.config import PATH_SETTINGS, ConfigError, TrainConfig, lr_multiplier
 from training.curves import read_metrics
 from training.data import Parts, batch_size_of, batches, crop_frames, eval_frames, open_sources, train_loader
 from training.evaluate import evaluate_uvd
@@ -105,10 +105,23 @@ def _check_resume(config: TrainConfig, saved: dict, path: Path) -> None:
     current = config.to_dict()
     # The cosine schedule anneals to the last step: there the number of steps shapes every rate.
     free = [k for k in RESUMABLE_CHANGES if not (k == "steps" and config.lr_schedule == "cosine")]
-    differ = [k for k, v in saved.items() if k not in free and current.get(k) != v]
+
+    def same(key: str, old) -> bool:
+        # Data paths as folders: a run saved before --config paths were stored resolved kept them as given.
+        if key in PATH_SETTINGS:
+            return _as_folders(current.get(key)) == _as_folders(old)
+        return current.get(key) == old
+
+    differ = [k for k, v in saved.items() if k not in free and not same(k, v)]
     if differ:
         raise TrainingError(f"{path}: the run was started with different settings ({', '.join(differ)}); "
                             f"use a new --out folder or the same settings")
+
+
+def _as_folders(value: str | list | None) -> str | list | None:
+    if isinstance(value, list):
+        return [str(Path(v).resolve()) for v in value]
+    return str(Path(value).resolve()) if value else value
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
