@@ -359,12 +359,8 @@ def merge(out: Path, sources: list[Path]) -> dict:
             "views", "forearm", "distance_mm", "shard_size", "generator")
     count = first["slice"]["count"]
     seen: dict[int, tuple[Path, Path, dict]] = {}
-    def field(m: dict, key: str):   # a pose file by content: each slice names it from its own folder
-        value = m.get(key)
-        return value.get("sha256") if key == "poses" and isinstance(value, dict) else value
-
     for folder, path, m in slices:
-        diff = [k for k in keys if field(m, k) != field(first, k)]
+        diff = [k for k in keys if _dataset_field(m, k) != _dataset_field(first, k)]
         diff += [name for k, name in (("count", "num_shards"), ("n", "n")) if m["slice"].get(k) != first["slice"].get(k)]
         if diff:
             raise JobError(f"{path}: belongs to a different dataset than {slices[0][1]} "
@@ -412,6 +408,13 @@ def merge(out: Path, sources: list[Path]) -> dict:
     manifest["merged_from"] = [str(p) for _, p, _ in slices]
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _dataset_field(manifest: dict, key: str):
+    """A manifest field as two slices of one dataset must agree on it: the pose file by content,
+    since each slice names it from its own folder."""
+    value = manifest.get(key)
+    return value.get("sha256") if key == "poses" and isinstance(value, dict) else value
 
 
 def read_slice_manifest(path: Path) -> dict:
