@@ -16,7 +16,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: what one data-loader worker gets
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section  # noqa: E402
+from report import BENCHMARKS_MD, check_outputs, command_line, machine, write_section  # noqa: E402
+from render.arguments import OneLineParser, non_negative_int, positive_float  # noqa: E402
 
 from render.shards import decode_sample, iter_shard, read_manifest  # noqa: E402
 from training.captures import load_capture  # noqa: E402
@@ -86,13 +86,20 @@ def bench_captures(root: Path, seconds: float, rng: np.random.Generator) -> dict
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", type=Path, required=True, help="a render-hands output folder")
     p.add_argument("--captures", type=Path, required=True,
                    help="a folder holding capture folders (searched recursively)")
-    p.add_argument("--seconds", type=float, default=3.0, help="CPU time per measurement")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seconds", type=positive_float, default=3.0, help="CPU time per measurement")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     args = p.parse_args()
+    if not (args.shards / "manifest.json").is_file():
+        sys.exit(f"crop_throughput.py: error: {args.shards}: no render-hands dataset (manifest.json) here")
+    if not list(args.captures.rglob("capture.json")):
+        sys.exit(f"crop_throughput.py: error: {args.captures}: no capture folders (capture.json) here")
+    if not args.no_write:
+        check_outputs(BENCHMARKS_MD)
     rng = np.random.default_rng(args.seed)
     rows = []
     for name, root, bench in (("shards", args.shards, bench_shards), ("captures", args.captures, bench_captures)):
@@ -100,7 +107,7 @@ def main() -> None:
         frames = res.pop("_frames")
         rows += [f"| {name} ({frames} frames) | {stage} | {rate:,.0f} |" for stage, rate in res.items()]
     table = "\n".join(rows)
-    body = f"""## Crops per second (`python benchmarks/crop_throughput.py`, training/crop.py)
+    body = f"""## Crops per second (`{command_line()}`, training/crop.py)
 
 The shared crop feeds a GPU from CPU data-loader workers, so the figure that matters is network
 inputs per second per worker process (one core). Inputs: `render-hands --n 256 --workers 1
@@ -122,7 +129,8 @@ rotated, non-separable resampling. Captures: decoding a full 640x480 PNG and loc
 dominate; locate each real frame once, keep its centre (`training.localize.save_centres` /
 `load_centres`) and crop from it, which then runs at the "centre known" rate plus decoding.
 """
-    write_section("crop throughput", body)
+    if not args.no_write:
+        write_section("crop throughput", body)
     print(body)
 
 

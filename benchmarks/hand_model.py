@@ -9,7 +9,8 @@ renderer can sample with --poses).
 
 from __future__ import annotations
 
-import argparse
+import os
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section  # noqa: E402
+from report import BENCHMARKS_MD, check_outputs, command_line, machine, write_section  # noqa: E402
+from render.arguments import OneLineParser, positive_int  # noqa: E402
 
 from hand_models.fitting import fit  # noqa: E402
 from hand_models.model import HandModel  # noqa: E402
@@ -78,27 +80,34 @@ def draw_nyu_fit(model: HandModel, prior: PosePrior, out: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=8252, help="NYU test frames to fit (all 8252 by default)")
-    parser.add_argument("--steps", type=int, default=300)
+    parser = OneLineParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=positive_int, default=8252, help="NYU test frames to fit (all 8252 by default)")
+    parser.add_argument("--steps", type=positive_int, default=300)
     parser.add_argument("--poses-out", type=Path, help="also save the fitted pose library here")
     parser.add_argument("--only", choices=["sampler", "fit"], help="refresh one section only")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only, leave docs/benchmarks.md and docs/nyu_fit.png alone")
     args = parser.parse_args()
+    if not args.no_write:
+        check_outputs(BENCHMARKS_MD, DOCS / "nyu_fit.png")
+    if args.poses_out:
+        check_outputs(args.poses_out)
     torch.manual_seed(0)
     model = HandModel.load("open")
     prior = PosePrior(model)
     if args.only != "fit":
         rate = sampler_rate(prior)
-        write_section("hand model: sampler", f"""## Hand model: pose sampler (`python benchmarks/hand_model.py --only sampler`)
+        if not args.no_write:
+            write_section("hand model: sampler", f"""## Hand model: pose sampler (`{command_line()}`)
 
-Machine: {machine()}. Prior with collision rejection, one process, 5,000 poses: **{rate:.0f} poses/s**.
+Machine: {machine()}; load average {os.getloadavg()[0]:.1f}. Prior with collision rejection, one process, 5,000 poses: **{rate:.0f} poses/s**.
 """)
         print(f"sampler: {rate:.0f} poses/s")
     if args.only == "sampler":
         return
     if not SHARED.is_dir():
         sys.exit(f"hand_model.py: {SHARED} is absent (NYU labels live there)")
-    frame_err = draw_nyu_fit(model, prior, DOCS / "nyu_fit.png")
+    frame_err = draw_nyu_fit(model, prior, Path(tempfile.gettempdir()) / "nyu_fit.png" if args.no_write else DOCS / "nyu_fit.png")
 
     uvd = np.loadtxt(SHARED / "eval_anchors/nyu/nyu_test_groundtruth_label.txt")[: args.frames]
     xyz = uvd_to_xyz(uvd.reshape(-1, 14, 3), NYU_KINECT) / 1000.0
@@ -115,7 +124,7 @@ Machine: {machine()}. Prior with collision rejection, one process, 5,000 poses: 
             save_pose_file(args.poses_out, result.poses, transl=result.transl.astype(np.float32),
                            residual_mm=res.mean(1).astype(np.float32))
     per_joint = " ".join(f"{v:.1f}" for v in res.mean(0))
-    body = f"""## Hand model: fitting (`python benchmarks/hand_model.py --only fit --frames {args.frames} --steps {args.steps}`)
+    body = f"""## Hand model: fitting (`{command_line()}`)
 
 Machine: {machine()}. Open hand `{model.name}`.
 
@@ -129,7 +138,8 @@ Fitting the open hand to the NYU test ground truth (NYU-14 joints, {args.steps} 
 
 Per-joint mean residual with shape (mm, NYU-14 order): {per_joint}.
 """
-    write_section("hand model: fitting", body)
+    if not args.no_write:
+        write_section("hand model: fitting", body)
     print(body)
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from hand_models.joints import JOINT_PARENTS
+from render.atomic import WriteError, check_writable
 from render.dataset import RenderConfig, Synthesizer
 from render.shards import decode_depth_png
 from training.figures import save_figure
@@ -49,7 +51,7 @@ def _show(ax, frame: np.ndarray, label: dict, zoom: bool = True, joints: bool = 
     ax.set_yticks([])
 
 
-def grid(out: Path, n: int = 12) -> None:
+def grid(out: Path, n: int = 12) -> Path:
     cfg = RenderConfig(n=n, seed=1)
     synth = Synthesizer(cfg)
     samples = list(synth.samples(0, n))
@@ -62,10 +64,11 @@ def grid(out: Path, n: int = 12) -> None:
     fig.suptitle("render-hands --seed 1: depth windows (mm) with the 21 joint labels")
     fig.tight_layout()
     save_figure(fig, out / "render_grid.png", dpi=90)
+    return out / "render_grid.png"
     synth.close()
 
 
-def clean_vs_kinect(out: Path, n: int = 3) -> None:
+def clean_vs_kinect(out: Path, n: int = 3) -> Path:
     import json
     fig, axes = plt.subplots(2, n, figsize=(4 * n, 8))
     for row, sensor in enumerate(("clean", "kinect")):
@@ -78,9 +81,10 @@ def clean_vs_kinect(out: Path, n: int = 3) -> None:
     fig.suptitle("The same samples (same seed): exact depth vs Kinect v1 artefacts")
     fig.tight_layout()
     save_figure(fig, out / "render_clean_vs_kinect.png", dpi=90)
+    return out / "render_clean_vs_kinect.png"
 
 
-def three_views(out: Path) -> None:
+def three_views(out: Path) -> Path:
     import json
     synth = Synthesizer(RenderConfig(n=2, seed=3, views=3))
     fig, axes = plt.subplots(2, 3, figsize=(12, 8))
@@ -94,6 +98,7 @@ def three_views(out: Path) -> None:
     fig.suptitle("--views 3: one pose seen by the front, top and side cameras (windows around the hand)")
     fig.tight_layout()
     save_figure(fig, out / "render_views.png", dpi=80)
+    return out / "render_views.png"
     synth.close()
 
 
@@ -101,10 +106,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DOCS, help="folder for the PNGs (default: docs/)")
     out = p.parse_args().out
+    try:
+        check_writable(out, folder=True)
+    except WriteError as err:
+        sys.exit(f"render_figures.py: error: {err}")
     out.mkdir(parents=True, exist_ok=True)
-    for draw in (grid, clean_vs_kinect, three_views):
-        draw(out)
-    print("wrote", ", ".join(str(p) for p in sorted(out.glob("render_*.png"))))
+    written = [draw(out) for draw in (grid, clean_vs_kinect, three_views)]
+    print("wrote", ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

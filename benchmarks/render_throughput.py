@@ -13,7 +13,6 @@ The table goes to its section of docs/benchmarks.md (benchmarks/report.py).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -28,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section  # noqa: E402
+from report import BENCHMARKS_MD, check_outputs, command_line, machine, write_section  # noqa: E402
+from render.arguments import OneLineParser, positive_int  # noqa: E402
 SECTION = "## Rendering throughput (`python benchmarks/render_throughput.py`, render-hands)"
 
 
@@ -144,12 +144,14 @@ def gl_renderer() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=20000, help="frames for render-hands")
-    ap.add_argument("--baseline-n", type=int, default=500, help="frames for the hand-written loop")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap = OneLineParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=positive_int, default=20000, help="frames for render-hands")
+    ap.add_argument("--baseline-n", type=positive_int, default=500, help="frames for the hand-written loop")
+    ap.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
     ap.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     args = ap.parse_args()
+    if not args.no_write:
+        check_outputs(BENCHMARKS_MD)
 
     load = os.getloadavg()[0]
     stages = {sensor: stage_costs(sensor=sensor) for sensor in ("clean", "kinect")}
@@ -179,7 +181,7 @@ def main() -> None:
         "",
         f"Machine: {machine()}, GL: {gl_renderer()}. Load average {load:.2f} when the run started, "
         f"{os.getloadavg()[0]:.2f} when it ended (other jobs on the machine slow every figure here).",
-        f"Command: `python benchmarks/render_throughput.py --n {args.n} --baseline-n {args.baseline_n}`; "
+        f"Command: `{command_line()}`; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         "| pipeline | frames | frames/s | vs loop | KB/frame | wall (from process start) | CPU ms/frame | frames/s if all cores were free |",

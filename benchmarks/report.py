@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
+import sys
 from pathlib import Path
 
-from render.atomic import write_atomically
+from render.atomic import WriteError, check_writable, write_atomically
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 _HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
@@ -46,3 +48,17 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->\n", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def command_line() -> str:
+    """The command that is running, as a reader would type it from the repository root."""
+    return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def check_outputs(*paths: Path) -> None:
+    """Before measuring: every output can be written, or the script stops with one line."""
+    for path in paths:
+        try:
+            check_writable(path)
+        except WriteError as err:
+            sys.exit(f"{Path(sys.argv[0]).name}: error: {err}")

@@ -13,9 +13,9 @@ further column measures the project's rendered hand in random prior poses (self-
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -23,12 +23,16 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from render.camera import NYU_KINECT, Intrinsics
-from render.sensor import KINECT_V1, _tiles, apply_sensor
-from training.figures import save_figure
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import check_outputs  # noqa: E402
+from render.arguments import OneLineParser, non_negative_int, positive_int  # noqa: E402
+from render.camera import NYU_KINECT, Intrinsics  # noqa: E402
+from render.sensor import KINECT_V1, _tiles, apply_sensor  # noqa: E402
+from training.figures import save_figure  # noqa: E402
 
 NYU_NO_DEPTH = 2001  # NYU's frames hold 2001 where the sensor gave no depth (none are 0)
 NYU_FRAME = Path(__file__).resolve().parents[1].parent / "shared/real_samples/nyu/depth_1_0000001.png"
+DOCS_FIGURE = Path(__file__).resolve().parents[1] / "docs" / "sensor_kinect.png"
 
 
 def load_nyu_depth(path: Path) -> np.ndarray:
@@ -251,14 +255,15 @@ def write_figure(path: Path, clean: np.ndarray, kinect: np.ndarray, walled: np.n
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=20, help="synthetic kinect frames (different seeds)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rendered", type=int, default=32,
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=positive_int, default=20, help="synthetic kinect frames (different seeds)")
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--rendered", type=non_negative_int, default=32,
                     help="also measure this many frames of the project's hand (render.dataset); 0 = skip")
-    ap.add_argument("--figure", type=Path, default=Path("docs/sensor_kinect.png"))
-    ap.add_argument("--repeats", type=int, default=200, help="timing repeats (median reported)")
+    ap.add_argument("--figure", type=Path, default=DOCS_FIGURE, help=f"picture to write (default {DOCS_FIGURE})")
+    ap.add_argument("--repeats", type=positive_int, default=200, help="timing repeats (median reported)")
     args = ap.parse_args()
+    check_outputs(args.figure)
 
     rng = np.random.default_rng(args.seed)
     exact = synthetic_hand()

@@ -12,7 +12,6 @@ section of docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -26,7 +25,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section  # noqa: E402
+from report import BENCHMARKS_MD, check_outputs, command_line, machine, write_section  # noqa: E402
+from render.arguments import OneLineParser, positive_int  # noqa: E402
 
 from training.config import TrainConfig, preset  # noqa: E402
 from training.data import Parts, batch_size_of, batches, open_sources, train_loader  # noqa: E402
@@ -39,17 +39,17 @@ REAL = SHARED / "real_samples"
 
 
 def make_data(root: Path, n: int) -> dict[str, str]:
-    """Synthetic shards and NYU-frame twins under `root` (render-hands reuses finished shards)."""
+    """Synthetic shards and NYU-frame twins under `root`, the script's own: render-hands reuses
+    finished shards of the same settings and code, and replaces any others (--overwrite)."""
     root.mkdir(parents=True, exist_ok=True)
-    render = [sys.executable, "-m", "render.cli", "--sensor", "kinect", "--quiet"]
-    subprocess.run(render + ["--n", str(n), "--shard-size", "64", "--views", "3", "--out", str(root / "synth")],
-                   check=True)
+    render = [sys.executable, "-m", "render.cli", "--sensor", "kinect", "--quiet", "--overwrite"]
     poses = root / "nyu_pose.npz"
-    if not poses.exists():
-        subprocess.run([sys.executable, "-m", "hand_models.cli", "fit", str(REAL / "nyu/labels_uvd.txt"),
-                        "--out", str(poses), "--steps", "200"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(render + ["--n", "16", "--shard-size", "16", "--poses", str(poses), "--out", str(root / "pairs")],
-                   check=True)
+    for step in (render + ["--n", str(n), "--shard-size", "64", "--views", "3", "--out", str(root / "synth")],
+                 None if poses.exists() else [sys.executable, "-m", "hand_models.cli", "fit", str(REAL / "nyu/labels_uvd.txt"),
+                                              "--out", str(poses), "--steps", "200"],
+                 render + ["--n", "16", "--shard-size", "16", "--poses", str(poses), "--out", str(root / "pairs")]):
+        if step is not None and subprocess.run(step, stdout=subprocess.DEVNULL).returncode != 0:
+            sys.exit(f"train_throughput.py: error: making the data in {root} failed (its message above)")
     return {"synthetic": str(root / "synth"), "pairs": str(root / "pairs")}
 
 
@@ -96,7 +96,9 @@ def run_config(base: TrainConfig, data: dict[str, str], method: str, steps: int,
     return TrainConfig.from_dict({
         "method": method, "synthetic": data["synthetic"], "pairs": data["pairs"],
         "real": [str(REAL / "nyu"), str(REAL / "realsense_sr305/seq_a"), str(REAL / "bighand")], "n_labeled": 1,
-        "pretrain_steps": 0, "steps": warmup + steps, "log_every": warmup, "eval_every": 10**9,
+        # One pre-training step (feature-mapping freezes a pre-trained head), within the warm-up: every
+        # measured step is a main-phase step.
+        "pretrain_steps": 1, "steps": warmup + steps, "log_every": warmup, "eval_every": 10**9,
         "checkpoint_every": 10**9}, base).validate()
 
 
@@ -124,19 +126,23 @@ def loader_rate(config: TrainConfig, count: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=["auto", "cpu-small", "paper"], default="auto",
                    help="auto: paper on CUDA, cpu-small on CPU")
-    p.add_argument("--steps", type=int, default=30, help="measured training steps per method")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--loader-batches", type=int, default=60)
-    p.add_argument("--workers", type=int, default=None, help="loader workers (default: cores - 1, at least 1)")
+    p.add_argument("--steps", type=positive_int, default=30, help="measured training steps per method")
+    p.add_argument("--warmup", type=positive_int, default=5)
+    p.add_argument("--loader-batches", type=positive_int, default=60)
+    p.add_argument("--workers", type=positive_int, default=None, help="loader workers (default: cores - 1, at least 1)")
     p.add_argument("--methods", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
     p.add_argument("--compile", action="store_true")
     p.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "train-throughput-data")
-    p.add_argument("--n", type=int, default=512, help="synthetic samples to render into --data")
+    p.add_argument("--n", type=positive_int, default=512, help="synthetic samples to render into --data")
     p.add_argument("--no-write", action="store_true", help="print only, leave docs/benchmarks.md alone")
     args = p.parse_args()
+    if args.data.exists() and not args.data.is_dir():
+        sys.exit(f"train_throughput.py: error: {args.data}: exists and is not a folder")
+    if not args.no_write:
+        check_outputs(BENCHMARKS_MD)
 
     cuda = torch.cuda.is_available()
     name = args.preset if args.preset != "auto" else ("paper" if cuda else "cpu-small")
@@ -160,14 +166,13 @@ def main() -> None:
     lines = [
         "## Training throughput (train-mapping)",
         "",
-        f"Machine: {machine()}. Device: {device}. Preset `{name}` (crop {base.crop_size} px, batch "
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f}. Device: {device}. Preset `{name}` (crop {base.crop_size} px, batch "
         f"{base.batch_size}), {workers} loader worker(s), torch {torch.__version__}"
         f"{', bf16 autocast, channels_last, fused Adam' if cuda else ', float32'}"
         f"{', torch.compile' if args.compile else ''}. Main-phase batches (all kinds of frames the method "
         f"reads); {args.steps} measured steps after {args.warmup} warm-up steps.",
         "",
-        f"Command: `python benchmarks/train_throughput.py --preset {name} --steps {args.steps} --workers {workers}"
-        f"{' --compile' if args.compile else ''}`",
+        f"Command: `{command_line()}`",
         "",
         "| method | train samples/s | loader-only samples/s | loader / train | GPU util % | peak GPU memory GiB |",
         "|---|---:|---:|---:|---:|---:|",
