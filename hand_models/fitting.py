@@ -61,14 +61,18 @@ def fit(model: HandModel, prior: PosePrior, targets: np.ndarray, joint_set: str 
         raise ValueError(f"targets must be (N, {len(names)}, 3) for the {joint_set} joint set, got {targets.shape}")
     chunks = []
     starts = range(0, len(targets), batch_size)
-    for s in tqdm(starts, desc="fitting", unit="chunk", disable=not progress):
-        chunks.append(_fit_chunk(model, prior, torch.from_numpy(targets[s:s + batch_size]), names,
-                                 joint_set, fit_shape, steps, lr))
+    # Counted in optimiser steps: one chunk of 2,048 frames takes minutes, and a bar of chunks
+    # shows no rate until the first ends.
+    with tqdm(total=steps * len(starts), desc=f"fitting {len(targets)} frames", unit="step",
+              disable=not progress) as bar:
+        for s in starts:
+            chunks.append(_fit_chunk(model, prior, torch.from_numpy(targets[s:s + batch_size]), names,
+                                     joint_set, fit_shape, steps, lr, bar))
     return FitResult(PoseBatch.concat([c.poses for c in chunks]), np.concatenate([c.transl for c in chunks]),
                      np.concatenate([c.residual for c in chunks]))
 
 
-def _fit_chunk(model, prior, target, names, joint_set, fit_shape, steps, lr) -> FitResult:
+def _fit_chunk(model, prior, target, names, joint_set, fit_shape, steps, lr, bar: tqdm) -> FitResult:
     n = len(target)
     lo = torch.tensor(prior.limits[..., 0], dtype=torch.float32)
     hi = torch.tensor(prior.limits[..., 1], dtype=torch.float32)
@@ -110,6 +114,7 @@ def _fit_chunk(model, prior, target, names, joint_set, fit_shape, steps, lr) -> 
         (loss * n).backward()
         opt.step()
         sched.step()
+        bar.update()
 
     with torch.no_grad():
         angles, hand_pose, Rm = predict()
