@@ -80,6 +80,11 @@ class Intrinsics:
     def matrix(self) -> np.ndarray:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
+    def outside(self, uv: np.ndarray) -> np.ndarray:
+        """Which points (..., 2 or 3: u, v first) lie off the image's pixel centres 0..width-1, 0..height-1."""
+        uv = np.asarray(uv)
+        return (uv[..., 0] < 0) | (uv[..., 0] > self.width - 1) | (uv[..., 1] < 0) | (uv[..., 1] > self.height - 1)
+
 
 NYU_KINECT = Intrinsics(fx=588.03, fy=587.07, cx=320.0, cy=240.0, width=640, height=480)
 

@@ -212,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(pred) != len(gt):
             raise EvalInputError(f"{args.pred}: {len(pred)} frames but {args.gt} has {len(gt)}")
         for path, uvd in ((args.gt, gt), (args.pred, pred)):
-            outside = ((uvd[..., 0] < 0) | (uvd[..., 0] > cam.width - 1)
-                       | (uvd[..., 1] < 0) | (uvd[..., 1] > cam.height - 1)).mean()
+            outside = cam.outside(uvd).mean()
             if outside > OUTSIDE_WARNING:   # xyz given for uvd, or another dataset's camera
                 print(f"hand-eval: warning: {path}: {100 * outside:.0f} % of joints lie outside the "
                       f"{cam.width}x{cam.height} image of {camera_source}; is it u v d (pixels, pixels, mm) "

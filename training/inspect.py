@@ -108,7 +108,7 @@ def _check_labels(where: str, label: dict, cam: Intrinsics, joints: int, depth: 
     if np.any(both[:, 2] <= 0):
         report.problem(f"{where}: joint depth not positive")
         ok = False
-    outside = (both[:, 0] < 0) | (both[:, 0] > cam.width - 1) | (both[:, 1] < 0) | (both[:, 1] > cam.height - 1)
+    outside = cam.outside(both)
     if outside.any():
         report.problem(f"{where}: {outside.sum()} joints outside the {cam.width}x{cam.height} image")
         ok = False
@@ -281,7 +281,7 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
     cam = cap.intrinsics
     if cap.labels_uvd is not None:
         lab = cap.labels_uvd
-        outside = (lab[..., 0] < 0) | (lab[..., 0] > cam.width - 1) | (lab[..., 1] < 0) | (lab[..., 1] > cam.height - 1)
+        outside = cam.outside(lab)
         for i in np.flatnonzero(outside.any(axis=1)):
             report.problem(f"{cap.frames[i]}: {outside[i].sum()} labelled joints outside the image")
     wanted = set(np.linspace(0, len(cap) - 1, min(PREVIEWS, len(cap))).astype(int).tolist())

@@ -52,7 +52,7 @@ def frame_centres(capture: Capture, centre: str | Path = "detect") -> np.ndarray
         raise DataError(str(err)) from None
     cam, (near, far) = capture.intrinsics, HAND_DEPTH_MM
     for frame, (u, v, d) in enumerate(centres):
-        if not (0 <= u <= cam.width - 1 and 0 <= v <= cam.height - 1):
+        if cam.outside(np.array([u, v])):
             raise DataError(f"{centre}: frame {frame}: centre {u:g} {v:g} lies outside the {cam.width}x{cam.height} image")
         if not near <= d <= far:
             raise DataError(f"{centre}: frame {frame}: centre depth {d:g} mm is not a hand's distance ({near:.0f}-{far:.0f} "
