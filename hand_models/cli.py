@@ -27,12 +27,7 @@ def _demo(args) -> None:
     from .model import HandModel
     from .prior import PosePrior
 
-    try:   # before any work: the folder is made as needed, and must take the picture
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        why = "a folder on its path is a file" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror or err
-        raise WriteError(f"{args.out}: cannot write ({why})") from None
-    check_writable(args.out)
+    check_writable(args.out.parent, folder=True)   # before any work; the folder is made as needed
     model = HandModel.load(args.hand_model)
     prior = PosePrior(model)
     rng = np.random.default_rng(args.seed)
@@ -63,6 +58,7 @@ def _demo(args) -> None:
     fig.suptitle(f"{model.name}: poses from the prior (seed {args.seed}), camera view")
     fig.tight_layout()
     from training.figures import save_figure
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, args.out, dpi=80)
     print(f"wrote {args.out}: {args.count} poses of {model.name} (sampler {rate:.0f} poses/s)")
 
