@@ -138,6 +138,8 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
         if folder_lock is not None:   # else the filesystem has no locks, and the warning was given
             job.lock = _flock(out / SLICE_LOCK.format(index=part.index, count=part.count), wait=False)
         if previous != identity:   # --overwrite, or nothing of another dataset written yet (refused above)
+            if folder_lock is not None:
+                _refuse_while_rendering(out, own=part)
             for path in _owned(out):
                 path.unlink()
             shutil.rmtree(out / STATE_DIR, ignore_errors=True)
@@ -172,6 +174,17 @@ def _check_folder(out: Path, identity: dict, overwrite: bool) -> dict | None:
         if previous is None and _owned(out):
             raise JobError(f"{out}: holds shards of an unknown dataset; use --overwrite to replace them")
     return previous
+
+
+def _refuse_while_rendering(out: Path, own: Slice) -> None:
+    """Replacing the dataset deletes every slice's files: refuse while another slice renders
+    (the caller holds the folder lock, so none can start meanwhile)."""
+    mine = out / SLICE_LOCK.format(index=own.index, count=own.count)
+    for path in sorted(out.glob(SLICE_LOCK.replace("{index:05d}", "*").replace("{count:05d}", "*"))):
+        if path != mine:
+            held = _flock(path, wait=False)   # refused, naming the lock, while its slice renders
+            if held is not None:
+                held.close()
 
 
 def _flock(path: Path, wait: bool) -> IO | None:

@@ -185,6 +185,28 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_p
                                                 "available); a second run into this folder would not be refused"]
 
 
+def test_replacing_a_dataset_is_refused_while_another_slice_renders(tmp_path, capsys):
+    """--overwrite (or another dataset before any shard is finished) deletes every slice's files,
+    so it waits for no running slice: it is refused, and the running slice's files stay."""
+    import fcntl
+
+    out = tmp_path / "sliced"
+    assert _run(out, "--shard-index", "0", "--num-shards", "2") == 0
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+
+    before = files()
+    lock = out / ".render-hands.slice-00000-of-00002.lock"
+    with open(lock, "a") as held:   # slice 0 of 2 is rendering
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        capsys.readouterr()
+        assert _run(out, "--seed", "4", "--overwrite", "--shard-index", "1", "--num-shards", "2") == 2
+        assert capsys.readouterr().err == (f"render-hands: error: {out}: another render-hands is writing here "
+                                           f"(it holds {lock}); wait for it to finish or stop it\n")
+        assert files() == before
+    assert _run(out, "--seed", "4", "--overwrite", "--shard-index", "1", "--num-shards", "2") == 0
+
+
 def test_the_library_releases_its_lock_when_a_run_ends(tmp_path):
     from render import generate
     from render.cli import build_job, render_parser
