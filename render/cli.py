@@ -111,8 +111,7 @@ def build_job(args: argparse.Namespace, argv: list[str]) -> generate.Job:
         from hand_models.poses import load_pose_file
         load_pose_file(args.poses, model.num_betas)  # refuse a malformed file before any work
         poses_checksum = _sha256(Path(args.poses))
-    identity = config.identity(model.checksum, poses_checksum)
-    identity["hand_model_id"] = model.name
+    identity = config.identity(model.name, model.checksum, poses_checksum)
     part = generate.Slice.of(config.num_shards, args.shard_index, args.num_shards)
     return generate.prepare(config, args.out, identity, part, shlex.join(["render-hands", *argv]),
                             overwrite=args.overwrite, dry_run=args.dry_run)

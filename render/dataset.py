@@ -92,16 +92,18 @@ class RenderConfig:
     def shard_range(self, shard: int) -> tuple[int, int]:
         return shard * self.shard_size, min((shard + 1) * self.shard_size, self.n)
 
-    def identity(self, model_checksum: str, poses_checksum: str | None) -> dict:
+    def identity(self, model_id: str, model_checksum: str, poses_checksum: str | None) -> dict:
         """What makes two datasets the same: compared when a run resumes or slices merge. Files count
         by content (checksums, the camera's values), not by the path they were named with, so a
-        resume may name them from another folder."""
+        resume may name them from another folder; the hand model's id counts too, as every label
+        holds it."""
         spec = asdict(self)
         del spec["camera_source"]
         spec["poses"] = self.poses if self.poses == "prior" else "file"
         spec["hand_model"] = self.hand_model if self.hand_model == "open" else "file"
         spec["camera"] = self.camera.to_dict()
         spec["distance_mm"] = list(self.distance_mm)
+        spec["hand_model_id"] = model_id
         spec["hand_model_checksum"] = model_checksum
         spec["poses_checksum"] = poses_checksum
         spec["generator_version"] = GENERATOR_VERSION
