@@ -70,8 +70,8 @@ def test_sr305_frames_in_natural_order():
     assert [p.stem for p in cap.frames] == ["30", "50", "70", "90", "110", "130", "150", "170"]
 
 
-@needs_samples
-def test_left_hand_is_mirrored_with_its_labels(tmp_path):
+def _left_nyu(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """The NYU frame as a left hand would be filmed, and its labels in that capture's own images."""
     right = load_capture(SAMPLES / "nyu")
     meta = json.loads((SAMPLES / "nyu" / "capture.json").read_text())
     meta["hand"] = "left"
@@ -80,11 +80,31 @@ def test_left_hand_is_mirrored_with_its_labels(tmp_path):
     labels = mirror_uvd(right.labels_uvd[0], 640)
     root = _capture(tmp_path, meta, {"left.png": raw[:, ::-1].copy()})
     (root / "labels_uvd.txt").write_text(" ".join(f"{x:.4f}" for x in labels.ravel()) + "\n")
+    return root, labels
+
+
+@needs_samples
+def test_left_hand_is_mirrored_with_its_labels(tmp_path):
+    right = load_capture(SAMPLES / "nyu")
+    root, labels = _left_nyu(tmp_path)
     left = load_capture(root)
     assert left.mirrored and left.intrinsics == right.intrinsics
     np.testing.assert_array_equal(left.depth_mm(0), right.depth_mm(0))
     np.testing.assert_allclose(left.labels_uvd, right.labels_uvd, atol=1e-3)
     np.testing.assert_allclose(mirror_uvd(mirror_uvd(labels, 640), 640), labels)
+
+
+@needs_samples
+def test_predictions_on_a_left_hand_score_against_its_labels(tmp_path):
+    """predict_capture answers in the capture's own images, while a left hand's labels are read
+    mirrored: scoring brings both into one frame (the benchmark once compared across the two)."""
+    from training.predict import as_read, score_capture
+
+    root, labels = _left_nyu(tmp_path)
+    left = load_capture(root)
+    assert score_capture(left, labels[None]).mean_error_mm == pytest.approx(0.0, abs=1e-3)
+    np.testing.assert_allclose(as_read(left, labels[None]), left.labels_uvd, atol=1e-3)
+    assert score_capture(left, left.labels_uvd).mean_error_mm > 50   # the labels as read are not its images'
 
 
 def test_a_file_that_is_no_npy_array_is_refused_as_such(tmp_path):

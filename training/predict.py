@@ -19,6 +19,7 @@ from render.atomic import write_atomically
 from training.captures import HAND_DEPTH_MM, Capture, mirror_uvd
 from training.config import TrainConfig
 from training.data import DataError, crop_frames, detected_centres
+from training.evaluate import EvalResult, evaluate_uvd
 from training.localize import centre_from_labels, load_centres, save_centres
 from training.methods import Method, build
 from training.train import TrainingError, load_checkpoint
@@ -76,6 +77,19 @@ def predict_capture(method: Method, config: TrainConfig, capture: Capture, centr
     out = torch.cat([method.predict_real(x.to(device)).float().cpu() for x in crops.images.split(batch)]).numpy()
     uvd = np.stack([g.to_uvd(p) for g, p in zip(crops.geometries, out)])
     return mirror_uvd(uvd, capture.intrinsics.width) if capture.mirrored else uvd
+
+
+def as_read(capture: Capture, uvd: np.ndarray) -> np.ndarray:
+    """uvd in the capture's own images (predict_capture's) in the frames as training reads them,
+    where the capture's labels, intrinsics and depth_mm are: a left hand's mirrored."""
+    return mirror_uvd(uvd, capture.intrinsics.width) if capture.mirrored else uvd
+
+
+def score_capture(capture: Capture, pred_uvd: np.ndarray) -> EvalResult:
+    """predict_capture's predictions against the capture's own labels."""
+    if capture.labels_uvd is None:
+        raise DataError(f"{capture.root}: capture has no labels to score against")
+    return evaluate_uvd(as_read(capture, pred_uvd), capture.labels_uvd, capture.intrinsics)
 
 
 def write_uvd(path: str | Path, uvd: np.ndarray) -> None:

@@ -181,15 +181,13 @@ class Scoring:
 def evaluate_run(row: Row, scoring: Scoring) -> dict:
     """Predict target_test with the run's checkpoint and score it; also predictions on the real
     sample frames (uvd per frame) for the overlays."""
-    from training.evaluate import evaluate_uvd
-    from training.predict import load_model, predict_capture
+    from training.predict import load_model, predict_capture, score_capture
 
     method, config = load_model(row.run / "checkpoint.pt")
     capture, detected, palm_centres = scoring.test
-    result = evaluate_uvd(predict_capture(method, config, capture, detected), capture.labels_uvd, capture.intrinsics)
+    result = score_capture(capture, predict_capture(method, config, capture, detected))
     # The protocol of the published numbers: crops around the labelled palm centre.
-    palm = evaluate_uvd(predict_capture(method, config, capture, palm_centres), capture.labels_uvd,
-                        capture.intrinsics)
+    palm = score_capture(capture, predict_capture(method, config, capture, palm_centres))
     real = {name: predict_capture(method, config, c, centres).tolist() for name, (c, centres) in scoring.real.items()}
     return {"label": row.label, "method": row.method, "n": row.n, "command": row.command,
             "mean_error_mm": result.mean_error_mm, "palm_centred_error_mm": palm.mean_error_mm, "frames": result.frames,
@@ -297,14 +295,12 @@ def table(results: list[dict], upper_label: str) -> str:
 def nyu_real_error(result: dict, samples: dict[str, Path]) -> float | None:
     """Mean 3D error on the labelled NYU real frame (one frame: a smoke test, not a score)."""
     from training.captures import load_capture
-    from training.evaluate import evaluate_uvd
+    from training.predict import score_capture
 
     name = "NYU Kinect v1"
     if name not in samples:
         return None
-    uvd = result["real_samples_uvd"][name]
-    capture = load_capture(samples[name])
-    return evaluate_uvd(np.asarray(uvd), capture.labels_uvd, capture.intrinsics).mean_error_mm
+    return score_capture(load_capture(samples[name]), np.asarray(result["real_samples_uvd"][name])).mean_error_mm
 
 
 # --- pictures ----------------------------------------------------------------------------------
@@ -352,6 +348,7 @@ def plot_real_frames(results: list[dict], path: Path, samples: dict[str, Path]) 
     import matplotlib.pyplot as plt
 
     from training.captures import load_capture
+    from training.predict import as_read
 
     captures = {name: load_capture(folder) for name, folder in samples.items()}
     fig, axes = plt.subplots(len(captures), len(results), figsize=(1.9 * len(results), 2.1 * len(captures)),
@@ -363,7 +360,7 @@ def plot_real_frames(results: list[dict], path: Path, samples: dict[str, Path]) 
         for j, r in enumerate(results):
             ax = axes[i, j]
             ax.imshow(np.where(depth > 0, depth, np.nan), cmap="gray", vmin=loc[2] - 150, vmax=loc[2] + 250)
-            uvd = np.asarray(r["real_samples_uvd"][name][0])
+            uvd = as_read(capture, np.asarray(r["real_samples_uvd"][name][:1]))[0]   # drawn on depth_mm's frame
             for a, b in BONES:
                 ax.plot(uvd[[a, b], 0], uvd[[a, b], 1], "-", color="orange", lw=1)
             ax.plot(uvd[:, 0], uvd[:, 1], ".", color="red", ms=3)
