@@ -145,13 +145,30 @@ def test_render_terms_prefer_the_true_pose():
         and moved["data"] > true["data"]
 
 
+def test_render_terms_draw_each_crop_in_its_own_units():
+    """Scale augmentation gives every crop its own cube: a batch of crops of 150 and 180 mm half
+    edges is scored as each alone, and the true pose explains a crop only at that crop's scale."""
+    torch.manual_seed(2)
+    joints = torch.zeros(2, 14, 3)
+    joints[:, :, :2] = torch.rand(2, 14, 2) * 0.6 - 0.3
+    half = torch.tensor([150.0, 180.0])
+    centres, radii = skeleton_spheres(joints, half)
+    images = render_spheres(centres, radii, 64)[0][:, None]
+    together = render_terms(joints, images, half)
+    alone = [render_terms(joints[i:i + 1], images[i:i + 1], float(h)) for i, h in enumerate(half)]
+    for term, value in together.items():
+        assert float(value) == pytest.approx(sum(float(a[term]) for a in alone) / 2, rel=1e-5, abs=1e-9)
+    assert float(together["surface"]) < 1e-6
+    assert float(render_terms(joints[1:], images[1:], 150.0)["surface"]) > 1e-4   # the unscaled cube misses
+
+
 def test_aign_discriminator_judges_predictions_against_synthetic_poses():
     config = preset("cpu-small")
     config.method = "aign"
     method = AIGN(config).eval()   # batch statistics would make the two encoder passes differ
     critic = method.make_discriminator()
     batch = {"syn_image": torch.rand(6, 1, 64, 64) * 2 - 1, "syn_pose": torch.randn(6, 42) * 0.3,
-             "unl_image": torch.rand(4, 1, 64, 64) * 2 - 1}
+             "unl_image": torch.rand(4, 1, 64, 64) * 2 - 1, "unl_half_mm": torch.full((4,), 150.0)}
     terms = method.losses(batch, critic)
     assert torch.allclose(terms["critic_synth"], wrist_relative(batch["syn_pose"].view(6, 14, 3)))
     predicted = method.head(method.encoder(batch["unl_image"])).view(4, 14, 3)

@@ -53,9 +53,10 @@ NYU14_BONES: tuple[tuple[int, int, float, float], ...] = tuple(
 SPHERES_PER_BONE = 4     # at t = 0, 1/4, 1/2, 3/4 from a to b (b is covered by the next bone)
 
 
-def skeleton_spheres(joints: torch.Tensor, half_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 14, 3) crop-space NYU-14 joints -> sphere centres (B, K, 3) and radii (K,) in crop
-    units; the palm centre, where the chains end, gets a sphere of its own."""
+def skeleton_spheres(joints: torch.Tensor, half_mm: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 14, 3) crop-space NYU-14 joints -> sphere centres (B, K, 3) and radii (B, K) in crop
+    units; the palm centre, where the chains end, gets a sphere of its own. `half_mm` is each
+    crop's half cube edge (B,), or one for all: millimetres per crop unit."""
     bones = NYU14_BONES
     t = torch.arange(SPHERES_PER_BONE, dtype=joints.dtype, device=joints.device) / SPHERES_PER_BONE
     a = joints[:, [b[0] for b in bones]]                        # (B, n, 3)
@@ -67,7 +68,12 @@ def skeleton_spheres(joints: torch.Tensor, half_mm: float) -> tuple[torch.Tensor
     palm = _I["palm_center"]
     centres = torch.cat([centres.flatten(1, 2), joints[:, palm:palm + 1]], dim=1)
     radii = torch.cat([radii.flatten(), radii.new_tensor([max(b[3] for b in bones)])])
-    return centres, radii / half_mm
+    return centres, radii[None] / _per_crop(half_mm, joints)
+
+
+def _per_crop(half_mm: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """Half cube edges as a (B, 1) column (or (1, 1) for one value)."""
+    return torch.as_tensor(half_mm, dtype=like.dtype, device=like.device).reshape(-1, 1)
 
 
 def pixel_grid(size: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -81,7 +87,7 @@ def render_spheres(centres: torch.Tensor, radii: torch.Tensor, size: int,
                    softness: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Differentiable orthographic depth of spheres seen along +z.
 
-    centres (B, K, 3), radii (K,) in crop units. Returns depth (B, S, S): the nearest sphere
+    centres (B, K, 3), radii (B, K) or (K,) in crop units. Returns depth (B, S, S): the nearest sphere
     surface, 1 (the far plane) where no sphere covers the pixel; covered (B, S, S) bool; soft
     silhouette (B, S, S) in [0, 1] whose edge is `softness` wide (default one pixel), EDGE_INSET
     widths inside the outline.
@@ -89,21 +95,23 @@ def render_spheres(centres: torch.Tensor, radii: torch.Tensor, size: int,
     softness = SOFTNESS_PX * 2.0 / size if softness is None else softness
     grid = pixel_grid(size, centres.device, centres.dtype)                  # (P, 2)
     d2 = (grid[None, :, None, :] - centres[:, None, :, :2]).pow(2).sum(-1)  # (B, P, K)
-    r2 = radii.pow(2)[None, None, :]
+    radii = radii.reshape(-1, radii.shape[-1])[:, None, :]                 # (B or 1, 1, K)
+    r2 = radii.pow(2)
     inside = d2 < r2
     surface = centres[:, None, :, 2] - torch.sqrt((r2 - d2).clamp_min(1e-8))
     far = torch.ones((), dtype=centres.dtype, device=centres.device)
     depth = torch.where(inside, surface, far).amin(dim=2).clamp(max=1.0)
     covered = inside.any(dim=2)
-    coverage = torch.sigmoid((radii[None, None, :] - torch.sqrt(d2 + 1e-8)) / softness - EDGE_INSET)
+    coverage = torch.sigmoid((radii - torch.sqrt(d2 + 1e-8)) / softness - EDGE_INSET)
     silhouette = 1 - torch.exp(torch.log1p(-coverage.clamp(max=1 - 1e-6)).sum(dim=2))
     shape = (len(centres), size, size)
     return depth.view(shape), covered.view(shape), silhouette.view(shape)
 
 
-def render_terms(joints: torch.Tensor, images: torch.Tensor, half_mm: float) -> dict[str, torch.Tensor]:
+def render_terms(joints: torch.Tensor, images: torch.Tensor,
+                 half_mm: torch.Tensor | float) -> dict[str, torch.Tensor]:
     """The three inverse-graphics terms for predicted joints (B, J, 3) and observed crops
-    (B, 1, S, S), unweighted."""
+    (B, 1, S, S) whose half cube edges are `half_mm` (see skeleton_spheres), unweighted."""
     size = images.shape[-1]
     observed = images[:, 0].float()
     centres, radii = skeleton_spheres(joints.float(), half_mm)
@@ -116,8 +124,8 @@ def render_terms(joints: torch.Tensor, images: torch.Tensor, half_mm: float) -> 
     # Observed points (x, y, depth) to the nearest sphere surface, truncated.
     grid = pixel_grid(size, images.device)
     points = torch.cat([grid[None].expand(len(images), -1, -1), observed.flatten(1)[..., None]], dim=2)
-    dist = (torch.cdist(points, centres) - radii[None, None, :]).abs().amin(dim=2)
-    tau = TRUNCATE_MM / half_mm
+    dist = (torch.cdist(points, centres) - radii[:, None, :]).abs().amin(dim=2)
+    tau = TRUNCATE_MM / _per_crop(half_mm, dist)
     near = seen.flatten(1) & (dist < tau)
     data_term = (dist.pow(2) * near).sum(1) / near.sum(1).clamp_min(1)
     return {"silhouette": silhouette_term, "surface": surface_term.mean(), "data": data_term.mean()}
@@ -163,7 +171,7 @@ class AIGN(Method):
         terms = self.synthetic_terms(f, batch)
         if "unl_image" in f:
             pred = self.head(f["unl_image"]).view(len(f["unl_image"]), -1, 3)
-            rendered = render_terms(pred, batch["unl_image"], c.cube_mm / 2)
+            rendered = render_terms(pred, batch["unl_image"], batch["unl_half_mm"])
             terms["silhouette"] = c.w_silhouette * rendered["silhouette"]
             terms["surface"] = c.w_surface * rendered["surface"]
             terms["data"] = c.w_data * rendered["data"]

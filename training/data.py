@@ -411,14 +411,15 @@ def unlabeled_item(frames: tuple[tuple[Capture, int], ...], item: int, cache: Re
     have such frames) of the next frame that has one: the batch stays a function of the step,
     so runs stay reproducible and resumable. With `view_name` also the view-prediction target
     ("view", zeros and "has_view" 0 where the frame's capture lacks that view) and the crop
-    centre the decoder is told ("centre_m")."""
+    centre the decoder is told ("centre_m"). "half_mm" is the crop's half cube edge after scale
+    augmentation, in which AIGN's skeleton is drawn."""
     for j in range(len(frames)):
         capture, i = frames[(item + j) % len(frames)]
         try:
             crop = cache.crop(capture, i, augment, None)
         except NoHandError:
             continue
-        out = {"image": crop.image[None]}
+        out = {"image": crop.image[None], "half_mm": np.float32(crop.geometry.half_mm)}
         if view_name is not None:
             view = capture.view(view_name)
             out["view"] = cache.view_crop(capture, i, view)[None] if view else np.zeros_like(out["image"])
