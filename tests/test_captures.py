@@ -216,10 +216,41 @@ def test_real_sr305_with_wrong_unit_is_flagged(tmp_path):
     ({"hand": "both"}, "hand must be"),
     ({"intrinsics": {"fx": 475}}, "intrinsics lack"),
     ({"labels": "l.txt", "label_joints": "nyu36"}, "label_joints"),
+    ({"view": []}, r"capture.json: unknown key 'view'; did you mean 'views'\?$"),
+    ({"Labels": "l.txt"}, r"capture.json: unknown key 'Labels'; did you mean 'labels'\?$"),
+    ({"depth_scale": 1.0}, r"unknown key 'depth_scale'; did you mean 'depth_scale_mm'\?$"),
 ])
 def test_bad_capture_json(tmp_path, change, message):
     with pytest.raises(CaptureError, match=message):
         load_capture(_capture(tmp_path, dict(META, **change), {"0.png": _hand_frame()}))
+
+
+def test_other_keys_are_metadata_and_hidden_files_no_frames(tmp_path):
+    """A benchmark records its split and seed in capture.json; macOS leaves ._0.png beside 0.png."""
+    root = _capture(tmp_path, dict(META, split="test", seed=0, nyu_test_frames=[5]), {"0.png": _hand_frame()})
+    (root / "._0.png").write_bytes(b"resource fork")
+    assert [p.name for p in load_capture(root).frames] == ["0.png"]
+
+
+def test_labels_off_the_image_are_refused(tmp_path):
+    """Labels of another resolution or camera: most of the hand's joints off the image."""
+    root = _capture(tmp_path, dict(META, labels="l.txt", label_joints="nyu14"), {"0.png": _hand_frame()})
+    (root / "l.txt").write_text(" ".join(["320 240 510"] * 12 + ["700 240 510"] * 2) + "\n")
+    with pytest.raises(CaptureError, match=r"l.txt: 14 % of the label joints lie outside the 640x480 image "
+                                           r"\(frame 0, joint 12 at u 700 v 240\): labels of another camera or "
+                                           r"resolution\?$"):
+        load_capture(root)
+    (root / "l.txt").write_text(" ".join(["320 240 510"] * 13 + ["700 240 510"]) + "\n")   # a fingertip off the edge
+    assert load_capture(root).labels_uvd.shape == (1, 14, 3)
+
+
+def test_metres_read_as_millimetres_point_at_the_scale(tmp_path):
+    """Depth in metres with depth_scale_mm 1 shows no hand-sized object at all; the error says why."""
+    frame = _hand_frame().astype(np.float32) / 1000.0
+    with pytest.raises(CaptureError, match=r"no hand found in any of the 1 frames checked for depth units \(.*\); "
+                                           r"its measured depths have a median of 1.2 mm with depth_scale_mm=1: "
+                                           r"check depth_scale_mm in .*capture.json$"):
+        load_capture(_capture(tmp_path, META, {"0.npy": frame}))
 
 
 def test_frame_size_must_match_intrinsics(tmp_path):
@@ -291,6 +322,7 @@ def _write(root: Path, meta: dict) -> Path:
     ({"extrinsics_mm": [[1, 0, 0, 0], [0, 1, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}, "extrinsics_mm must be a 4x4 rigid"),
     ({"intrinsics": {"fx": 1}}, r"views\[0\]: intrinsics lack"),
     ({"frames": 1}, "side: 1 frames, the capture has 2"),
+    ({"extrinsic_mm": 1}, r"views\[0\]: unknown key 'extrinsic_mm'; did you mean 'extrinsics_mm'\?$"),
 ])
 def test_bad_views_are_refused_by_name(tmp_path, change, message):
     root = _capture(tmp_path, None, {"0.png": _hand_frame(), "1.png": _hand_frame()})

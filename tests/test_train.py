@@ -453,6 +453,55 @@ def test_a_bad_real_frame_or_pairs_path_is_refused_before_training(data, tmp_pat
     assert f"{shard}: 000000000: malformed sample (index None)" in capsys.readouterr().err
 
 
+def test_a_rig_view_that_training_cannot_use_is_found_before_training(data, tmp_path, capsys):
+    """A view named otherwise than the one predicted would silently drop view prediction: warned.
+    Extrinsics that put the hand behind the view camera are refused before pre-training, not
+    when the main phase first reads a view."""
+    import shutil
+
+    rig = tmp_path / "rig"
+    shutil.copytree(data["real"][1], rig)
+    meta = json.loads((rig / "capture.json").read_text())
+    meta["views"][0]["name"] = "Side"
+    (rig / "capture.json").write_text(json.dumps(meta))
+    args = _args(data, "murauer", tmp_path / "renamed", _config(tmp_path), labeled=False)
+    args[args.index("--real") + 1:args.index("--method")] = [str(rig)]
+    with pytest.warns(UserWarning, match=r"rig: none of its views \(Side\) is named 'side', the view training predicts"):
+        assert main(args) == 0
+    assert "train/view_real" not in set().union(*_records(tmp_path / "renamed"))
+
+    meta["views"][0]["name"] = "side"
+    meta["views"][0]["extrinsics_mm"] = np.diag([-1.0, 1.0, -1.0, 1.0]).tolist()   # turned to face away
+    (rig / "capture.json").write_text(json.dumps(meta))
+    args[args.index("--out") + 1] = str(tmp_path / "behind")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the hand lies behind the side camera; check its extrinsics_mm" in err, err
+    assert not (tmp_path / "behind").exists()
+
+
+def test_held_out_frames_without_a_hand_are_named_as_the_evaluation(data, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    capture = tmp_path / "nyu2"
+    shutil.copytree(data["nyu"], capture)
+    frame = sorted(capture.glob("*.png"))[0]
+    Image.fromarray(np.zeros((480, 640, 3), np.uint8)).save(capture / f"z{frame.name}")   # a dropped frame
+    labels = (capture / "labels_uvd.txt").read_text()
+    (capture / "labels_uvd.txt").write_text(labels + labels)
+    args = _args(data, "supervised", tmp_path / "run", _config(tmp_path))
+    args[args.index("--real") + 1:args.index("--method")] = [str(capture)]
+    del args[args.index("--pairs"):args.index("--pairs") + 2]
+    del args[args.index("--eval"):args.index("--eval") + 2]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"{capture}: no hand found in the 1 frame to crop (z{frame.name}): the frames evaluated during training "
+        "(the labelled frames not trained on; give --eval CAPTURE for others)")
+
+
 def test_settings_and_labels_no_run_can_use_are_refused_before_anything_is_written(data, tmp_path, capsys):
     """From a user's review: each of these trained silently, failed with a traceback, or left a
     half-written run folder."""

@@ -35,6 +35,7 @@ both), instead of feeding the trainer a giant or a doll.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ from training.localize import HandLocation, LocalizeError, centre_from_labels, l
 
 DEPTH_ENCODINGS = ("uint16", "nyu_rgb")
 LABEL_JOINTS: dict[str, tuple[str, ...]] = {"nyu14": NYU14_NAMES, "21": JOINT_NAMES}
+CAPTURE_FIELDS = ("intrinsics", "depth_encoding", "depth_scale_mm", "hand", "labels", "label_joints", "sensor", "views")
+VIEW_FIELDS = ("name", "folder", "intrinsics", "extrinsics_mm")
+LABELS_OUTSIDE_MAX = 0.1   # fraction of label joints off the image beyond which labels belong to another camera
 # What a hand in front of a depth camera can look like; outside this the depth unit is wrong.
 PLAUSIBLE_NEAR_MM = (100.0, 2500.0)
 PLAUSIBLE_PALM_WIDTH_MM = (30.0, 140.0)
@@ -166,7 +170,18 @@ class Capture:
                 return
         if checked == 0:
             raise CaptureError(f"{self.root}: no hand found in any of the {len(candidates)} frames checked for "
-                               f"depth units ({first_miss})")
+                               f"depth units ({first_miss}){self._scale_hint(candidates[0])}")
+
+    def _scale_hint(self, index: int) -> str:
+        """A pointer to depth_scale_mm when frame `index`'s measured depths lie at no depth sensor's
+        range (metres stored with depth_scale_mm 1 find no hand-sized object at all)."""
+        depth = self.depth_mm(index)
+        measured = depth[np.isfinite(depth) & (depth > 0)]
+        median = float(np.median(measured)) if len(measured) else None
+        if median is None or PLAUSIBLE_NEAR_MM[0] <= median <= 10_000:
+            return ""
+        return (f"; its measured depths have a median of {median:.3g} mm with depth_scale_mm={self.depth_scale_mm:g}: "
+                f"check depth_scale_mm in {self.root / 'capture.json'}")
 
     def check_location(self, index: int, loc: HandLocation) -> None:
         """Refuse frame `index` if its detected hand is implausible (see check_units)."""
@@ -181,14 +196,23 @@ class Capture:
                 f"{self.depth_scale_mm:g}: {', '.join(bad)}; check depth_scale_mm in {self.root / 'capture.json'}")
 
 
-def check_label_depths(labels_uvd: np.ndarray, path: str | Path) -> None:
-    """Refuse labels whose depths no hand has: metres or xyz given for u v d (pixels, pixels, mm)."""
+def check_labels(labels_uvd: np.ndarray, cam: Intrinsics, path: str | Path) -> None:
+    """Refuse labels whose depths no hand has (metres or xyz given for u v d: pixels, pixels, mm)
+    or that lie off the image more than a hand at its border would (labels of another camera or
+    resolution)."""
     near, far = HAND_DEPTH_MM
     bad = np.argwhere((labels_uvd[..., 2] < near) | (labels_uvd[..., 2] > far))
     if len(bad):
         frame, joint = bad[0]
         raise CaptureError(f"{path}: frame {frame}, joint {joint}: depth {labels_uvd[frame, joint, 2]:g} mm is not a "
                            f"hand's distance ({near:.0f}-{far:.0f} mm; labels are u v d in pixels, pixels, mm)")
+    outside = cam.outside(labels_uvd[..., :2])
+    if outside.mean() > LABELS_OUTSIDE_MAX:
+        frame, joint = np.argwhere(outside)[0]
+        u, v = labels_uvd[frame, joint, :2]
+        raise CaptureError(f"{path}: {100 * outside.mean():.0f} % of the label joints lie outside the {cam.width}x"
+                           f"{cam.height} image (frame {frame}, joint {joint} at u {u:g} v {v:g}): labels of "
+                           f"another camera or resolution?")
 
 
 def mirror_uvd(uvd: np.ndarray, width: int) -> np.ndarray:
@@ -280,8 +304,18 @@ def _natural_key(path: Path) -> list:
 
 
 def _frame_files(folder: Path) -> tuple[Path, ...]:
-    return tuple(sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".png", ".npy")),
+    """Depth frames in natural order; hidden files (macOS's ._0.png, editors' temporaries) are none."""
+    return tuple(sorted((p for p in folder.iterdir()
+                         if p.is_file() and p.suffix.lower() in (".png", ".npy") and not p.name.startswith(".")),
                         key=_natural_key))
+
+
+def _check_keys(meta: dict, fields: tuple[str, ...], where: object) -> None:
+    """Other keys are free metadata (the benchmark records its split and seed), but one that looks
+    like a misspelt field would silently drop that field: refused."""
+    for key in meta:
+        if key not in fields and (near := difflib.get_close_matches(str(key).lower(), fields, n=1, cutoff=0.75)):
+            raise CaptureError(f"{where}: unknown key {key!r}; did you mean {near[0]!r}?")
 
 
 def _rigid(value: object) -> np.ndarray | None:
@@ -304,6 +338,7 @@ def _load_views(root: Path, meta_path: Path, entries: object, n_frames: int, mir
         where = f"{meta_path}: views[{k}]"
         if not isinstance(entry, dict):
             raise CaptureError(f"{where} must be an object")
+        _check_keys(entry, VIEW_FIELDS, where)
         name = entry.get("name")
         if not isinstance(name, str) or not name or any(v.name == name for v in views):
             raise CaptureError(f"{where}: name must be a non-empty string, unique among the views, got {name!r}")
@@ -340,6 +375,7 @@ def load_capture(root: str | Path, check_units: bool = True) -> Capture:
         meta = read_json_object(meta_path, "capture.json")
     except ValueError as err:
         raise CaptureError(str(err)) from None
+    _check_keys(meta, CAPTURE_FIELDS, meta_path)
     try:
         cam = Intrinsics.from_dict(meta.get("intrinsics") or {})
     except ValueError as err:
@@ -371,7 +407,7 @@ def load_capture(root: str | Path, check_units: bool = True) -> Capture:
             raise CaptureError(str(err)) from None
         if len(labels) != len(frames):
             raise CaptureError(f"{labels_path}: {len(labels)} label lines for {len(frames)} frames")
-        check_label_depths(labels, labels_path)
+        check_labels(labels, cam, labels_path)
 
     views = _load_views(root, meta_path, meta["views"], len(frames), hand == "left") if "views" in meta else ()
     if hand == "left":

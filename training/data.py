@@ -44,7 +44,7 @@ from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.camera import uvd_to_xyz, xyz_to_uvd
 from render.shards import decode_depth_png, iter_shard, read_manifest, sha256_file
 from render.views import VIEWS
-from training.captures import (Capture, CaptureError, CaptureView, NoHandError, check_label_depths, load_capture,
+from training.captures import (Capture, CaptureError, CaptureView, NoHandError, check_labels, load_capture,
                                mirror_uvd)
 from training.config import TrainConfig
 from training.crop import (Augmentation, AugmentParams, CropConfig, CropGeometry, crop_geometry, crop_hand,
@@ -129,7 +129,7 @@ def labeled_frames(capture: Capture, n: int, joints: str, labels_file: str = "")
         if len(labels) != len(capture):
             raise DataError(f"{labels_file}: {len(labels)} label lines for {len(capture)} frames of {capture.root}")
         try:
-            check_label_depths(labels, labels_file)
+            check_labels(labels, capture.intrinsics, labels_file)   # the image's bounds: mirroring keeps them
         except CaptureError as err:
             raise DataError(str(err)) from None
         if capture.mirrored:
@@ -258,6 +258,8 @@ def open_sources(config: TrainConfig, parts: "Parts") -> Sources:
     unlabeled = tuple((c, i) for c in captures for i in range(len(c))) if parts.unlabeled else ()
     name = VIEWS[config.view_target][0]
     real_view = name if parts.views and parts.unlabeled and any(c.view(name) for c in captures) else None
+    if parts.views and parts.unlabeled:
+        check_views(captures, name)
     return Sources(synthetic, tuple(captures), unlabeled, labeled, pairs, real_view)
 
 
@@ -312,6 +314,34 @@ def synthetic_item(shard_sample: ShardSample, config: TrainConfig, augment: Augm
         # A label that parses but lacks or mistypes a field (inspect-shards names which).
         raise DataError(f"{shard_sample.where}: malformed sample ({type(err).__name__}: {err})") from None
     return item
+
+
+def view_centre(capture: Capture, index: int, view: CaptureView, centre_uvd: np.ndarray) -> np.ndarray:
+    """Frame `index`'s hand centre carried into `view`'s camera (xyz, mm), where it must lie in front."""
+    centre_xyz = view.to_view(uvd_to_xyz(centre_uvd, capture.intrinsics))
+    if centre_xyz[2] <= 0:
+        raise DataError(f"{view.frames[index]}: the hand lies behind the {view.name} camera; "
+                        f"check its extrinsics_mm in {capture.root / 'capture.json'}")
+    return centre_xyz
+
+
+def check_views(captures: list[Capture], name: str) -> None:
+    """Before training: a rig whose views include none named `name` is warned about (view prediction
+    would silently not learn from it), and one whose extrinsics put the hand behind the camera is
+    refused on the frames the depth-unit check finds a hand in, not when the main phase first reads it."""
+    for capture in captures:
+        view = capture.view(name)
+        if view is None:
+            if capture.views:
+                warnings.warn(f"{capture.root}: none of its views ({', '.join(v.name for v in capture.views)}) is "
+                              f"named {name!r}, the view training predicts, so view prediction does not learn "
+                              f"from its frames (rename the view in capture.json, or set view_target)")
+            continue
+        for i in dict.fromkeys([0, len(capture) // 2, len(capture) - 1]):
+            try:
+                view_centre(capture, i, view, capture.locate(i).centre_uvd)
+            except NoHandError:
+                continue
 
 
 def real_crop(capture: Capture, index: int, config: TrainConfig, augment: AugmentParams,
@@ -394,10 +424,7 @@ class RealFrameCache:
         key = ("view", capture.root, index, view.name)
         hit = self._get(key)
         if hit is None:
-            centre_xyz = view.to_view(uvd_to_xyz(self._window(capture, index, None)[2], capture.intrinsics))
-            if centre_xyz[2] <= 0:
-                raise DataError(f"{view.frames[index]}: the hand lies behind the {view.name} camera; "
-                                f"check its extrinsics_mm in {capture.root / 'capture.json'}")
+            centre_xyz = view_centre(capture, index, view, self._window(capture, index, None)[2])
             image = crop_hand(capture.depth_mm(index, view), view.intrinsics, xyz_to_uvd(centre_xyz, view.intrinsics),
                               None, _crop_config(self.config)).image
             hit = (image,)
@@ -608,7 +635,9 @@ def detected_centres(capture: Capture, frames: list[int]) -> np.ndarray:
         except NoHandError:
             continue
     if not found:
-        raise DataError(f"{capture.root}: no frame shows a detectable hand")
+        names = ", ".join(capture.frames[i].name for i in frames[:3]) + (", ..." if len(frames) > 3 else "")
+        raise DataError(f"{capture.root}: no hand found in {'any of ' if len(frames) > 1 else ''}the "
+                        f"{len(frames)} frame{'s' if len(frames) > 1 else ''} to crop ({names})")
     missing = [i for i in frames if i not in found]
     if missing:
         warnings.warn(f"{capture.root}: no hand found in {len(missing)} of {len(frames)} frames "

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from render.atomic import check_writable, write_atomically, write_json
 from training.config import PATH_SETTINGS, ConfigError, TrainConfig, lr_multiplier
 from training.curves import read_metrics
-from training.data import Parts, batch_size_of, batches, crop_frames, eval_frames, open_sources, train_loader
+from training.data import DataError, Parts, batch_size_of, batches, crop_frames, eval_frames, open_sources, train_loader
 from training.evaluate import evaluate_uvd
 from training.methods import Method, build, method_class
 
@@ -242,7 +242,11 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
                             f"the batches depend on it: use a new --out folder or the data as it was")
     evaluation = None
     if master and (held := eval_frames(config, sources)) is not None:
-        evaluation = RealEvaluation(config, *held)
+        try:
+            evaluation = RealEvaluation(config, *held)
+        except DataError as err:
+            raise DataError(f"{err}: the frames evaluated during training ("
+                            f"{'--eval' if config.eval else 'the labelled frames not trained on; give --eval CAPTURE for others'})") from None
     sources.synthetic.verify(rank, world, master and progress)   # last: it reads every shard
 
     # Device, networks, optimizers, schedules.
