@@ -52,6 +52,12 @@ class Intrinsics:
             if not (_is_number(value) and float(value).is_integer() and value > 0):
                 raise ValueError(f"intrinsics {name} must be a positive integer, got {value!r}")
             object.__setattr__(self, name, int(value))
+        for name, size in (("cx", "width"), ("cy", "height")):
+            # A camera's principal point lies on its image: pixel centres 0..size-1, edges half a pixel out
+            # (a range mirroring, c -> size - 1 - c, keeps).
+            if not -0.5 <= getattr(self, name) <= getattr(self, size) - 0.5:
+                raise ValueError(f"intrinsics {name} must lie on the {self.width}x{self.height} image "
+                                 f"(-0.5 to {getattr(self, size) - 0.5:g}), got {getattr(self, name):g}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "Intrinsics":

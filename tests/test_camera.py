@@ -24,6 +24,8 @@ GOOD = {"fx": 476.0, "fy": 476.0, "cx": 320.0, "cy": 240.0, "width": 640, "heigh
     ({"width": 640.7}, "intrinsics width must be a positive integer, got 640.7"),
     ({"height": False}, "intrinsics height must be a positive integer, got False"),
     ({"height": 10 ** 400}, "intrinsics height must be a positive integer"),
+    ({"cx": 5000}, "intrinsics cx must lie on the 640x480 image (-0.5 to 639.5), got 5000"),
+    ({"cy": -3.5}, "intrinsics cy must lie on the 640x480 image (-0.5 to 479.5), got -3.5"),
 ])
 def test_mistyped_intrinsics_are_refused(tmp_path, change, message):
     path = tmp_path / "cam.json"
