@@ -40,6 +40,7 @@ IDENTITY = "dataset.json"
 SLICE_MANIFEST = "manifest.slice-{index:05d}-of-{count:05d}.json"
 FOLDER_LOCK = ".render-hands.lock"                            # held while a run checks and prepares DIR
 SLICE_LOCK = ".render-hands.slice-{index:05d}-of-{count:05d}.lock"   # held while a run renders its slice
+SLICE_LOCKS = ".render-hands.slice-*-of-*.lock"
 
 
 class JobError(ValueError):
@@ -127,7 +128,8 @@ def prepare(config: RenderConfig, out: Path, identity: dict, part: Slice, comman
     check_writable(out, folder=True)
     job = Job(config, out, identity, part, command)
     if dry_run:
-        _check_folder(out, identity, overwrite)
+        if _check_folder(out, identity, overwrite) not in (None, identity):
+            _refuse_while_rendering(out, own=part)
         return job
     out.mkdir(parents=True, exist_ok=True)
     # Slices started together into a fresh folder pass the checks and the clean-up one at a time,
@@ -180,11 +182,16 @@ def _refuse_while_rendering(out: Path, own: Slice) -> None:
     """Replacing the dataset deletes every slice's files: refuse while another slice renders
     (the caller holds the folder lock, so none can start meanwhile)."""
     mine = out / SLICE_LOCK.format(index=own.index, count=own.count)
-    for path in sorted(out.glob(SLICE_LOCK.replace("{index:05d}", "*").replace("{count:05d}", "*"))):
-        if path != mine:
-            held = _flock(path, wait=False)   # refused, naming the lock, while its slice renders
-            if held is not None:
-                held.close()
+    for path in sorted(out.glob(SLICE_LOCKS)):
+        if path == mine:
+            continue
+        try:
+            held = _flock(path, wait=False)
+        except JobError:
+            raise JobError(f"{out}: another render-hands is rendering a slice here (it holds {path}), and replacing "
+                           f"the dataset would delete its files; wait for it to finish or stop it") from None
+        if held is not None:
+            held.close()
 
 
 def _flock(path: Path, wait: bool) -> IO | None:

@@ -35,6 +35,12 @@ def test_mistyped_intrinsics_are_refused(tmp_path, change, message):
     assert str(err.value).startswith(f"{path}: {message}")
 
 
+def test_a_principal_point_at_the_image_edge_is_accepted():
+    """The image spans -0.5 to size - 0.5 in pixel-centre coordinates; mirroring keeps that range."""
+    for cx, cy in ((-0.5, -0.5), (639.5, 479.5)):
+        assert Intrinsics(**dict(GOOD, cx=cx, cy=cy)).cx == cx
+
+
 def test_integral_numbers_are_stored_as_float_and_int(tmp_path):
     path = tmp_path / "cam.json"
     path.write_text(json.dumps(dict(GOOD, fx=476, width=640.0)))

@@ -200,9 +200,11 @@ def test_replacing_a_dataset_is_refused_while_another_slice_renders(tmp_path, ca
     with open(lock, "a") as held:   # slice 0 of 2 is rendering
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         capsys.readouterr()
-        assert _run(out, "--seed", "4", "--overwrite", "--shard-index", "1", "--num-shards", "2") == 2
-        assert capsys.readouterr().err == (f"render-hands: error: {out}: another render-hands is writing here "
-                                           f"(it holds {lock}); wait for it to finish or stop it\n")
+        refused = (f"render-hands: error: {out}: another render-hands is rendering a slice here (it holds {lock}), "
+                   f"and replacing the dataset would delete its files; wait for it to finish or stop it\n")
+        for dry in ([], ["--dry-run"]):
+            assert _run(out, "--seed", "4", "--overwrite", "--shard-index", "1", "--num-shards", "2", *dry) == 2
+            assert capsys.readouterr().err == refused
         assert files() == before
     assert _run(out, "--seed", "4", "--overwrite", "--shard-index", "1", "--num-shards", "2") == 0
 

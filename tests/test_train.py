@@ -497,9 +497,9 @@ def test_held_out_frames_without_a_hand_are_named_as_the_evaluation(data, tmp_pa
     del args[args.index("--pairs"):args.index("--pairs") + 2]
     del args[args.index("--eval"):args.index("--eval") + 2]
     assert main(args) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        f"{capture}: no hand found in the 1 frame to crop (z{frame.name}): the frames evaluated during training "
-        "(the labelled frames not trained on; give --eval CAPTURE for others)")
+    assert capsys.readouterr().err.strip() == (
+        f"train-mapping: error: evaluation frames (the labelled frames not trained on; give --eval CAPTURE for "
+        f"others): {capture}: no hand found in the 1 frame to crop (z{frame.name})")
 
 
 def test_settings_and_labels_no_run_can_use_are_refused_before_anything_is_written(data, tmp_path, capsys):

@@ -54,9 +54,9 @@ SPHERES_PER_BONE = 4     # at t = 0, 1/4, 1/2, 3/4 from a to b (b is covered by 
 
 
 def skeleton_spheres(joints: torch.Tensor, half_mm: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 14, 3) crop-space NYU-14 joints -> sphere centres (B, K, 3) and radii (B, K) in crop
-    units; the palm centre, where the chains end, gets a sphere of its own. `half_mm` is each
-    crop's half cube edge (B,), or one for all: millimetres per crop unit."""
+    """(B, 14, 3) crop-space NYU-14 joints -> sphere centres (B, K, 3) and radii in crop units,
+    (B, K) or, for one `half_mm` for all, (1, K); the palm centre, where the chains end, gets a
+    sphere of its own. `half_mm` is each crop's half cube edge (B,): millimetres per crop unit."""
     bones = NYU14_BONES
     t = torch.arange(SPHERES_PER_BONE, dtype=joints.dtype, device=joints.device) / SPHERES_PER_BONE
     a = joints[:, [b[0] for b in bones]]                        # (B, n, 3)

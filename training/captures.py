@@ -54,7 +54,8 @@ DEPTH_ENCODINGS = ("uint16", "nyu_rgb")
 LABEL_JOINTS: dict[str, tuple[str, ...]] = {"nyu14": NYU14_NAMES, "21": JOINT_NAMES}
 CAPTURE_FIELDS = ("intrinsics", "depth_encoding", "depth_scale_mm", "hand", "labels", "label_joints", "sensor", "views")
 VIEW_FIELDS = ("name", "folder", "intrinsics", "extrinsics_mm")
-LABELS_OUTSIDE_MAX = 0.1   # fraction of label joints off the image beyond which labels belong to another camera
+LABELS_OUTSIDE_MAX = 1 / 3  # joints of one frame off the image beyond which labels belong to another camera
+SENSOR_RANGE_MM = (100.0, 10_000.0)   # where a depth sensor's measured scene lies (median of a frame)
 # What a hand in front of a depth camera can look like; outside this the depth unit is wrong.
 PLAUSIBLE_NEAR_MM = (100.0, 2500.0)
 PLAUSIBLE_PALM_WIDTH_MM = (30.0, 140.0)
@@ -149,39 +150,46 @@ class Capture:
         labels = None if self.labels_uvd is None else self.labels_uvd[index]
         return crop_hand(self.depth_mm(index), self.intrinsics, centre_uvd, labels, config, augment)
 
-    def check_units(self) -> None:
-        """Refuse the capture if a checked frame's hand has an implausible distance or size.
-
-        Checks UNIT_CHECK_FRAMES frames that show a hand, the first, middle and last first, then
-        others spread over the capture: a capture may well begin or end before the hand is in view.
-        """
+    def hands_to_check(self) -> tuple[list[tuple[int, HandLocation]], list[int], NoHandError | None]:
+        """Up to UNIT_CHECK_FRAMES frames that show a hand with their locations, tried in this order:
+        the first, middle and last frame, then others spread over the capture (a capture may well
+        begin or end before the hand is in view); also the frames tried and the first miss."""
         spread = np.linspace(0, len(self) - 1, min(len(self), UNIT_CHECK_TRIES)).round().astype(int)
-        candidates = list(dict.fromkeys([0, len(self) // 2, len(self) - 1, *spread.tolist()]))
-        checked, first_miss = 0, None
-        for i in candidates:
+        tried = list(dict.fromkeys([0, len(self) // 2, len(self) - 1, *spread.tolist()]))
+        found, first_miss = [], None
+        for i in tried:
             try:
-                loc = self.locate(i)
+                found.append((i, self.locate(i)))
             except NoHandError as err:
                 first_miss = first_miss or err
                 continue
-            self.check_location(i, loc)
-            checked += 1
-            if checked == UNIT_CHECK_FRAMES:
-                return
-        if checked == 0:
-            raise CaptureError(f"{self.root}: no hand found in any of the {len(candidates)} frames checked for "
-                               f"depth units ({first_miss}){self._scale_hint(candidates[0])}")
+            if len(found) == UNIT_CHECK_FRAMES:
+                break
+        return found, tried, first_miss
 
-    def _scale_hint(self, index: int) -> str:
-        """A pointer to depth_scale_mm when frame `index`'s measured depths lie at no depth sensor's
-        range (metres stored with depth_scale_mm 1 find no hand-sized object at all)."""
-        depth = self.depth_mm(index)
-        measured = depth[np.isfinite(depth) & (depth > 0)]
-        median = float(np.median(measured)) if len(measured) else None
-        if median is None or PLAUSIBLE_NEAR_MM[0] <= median <= 10_000:
-            return ""
-        return (f"; its measured depths have a median of {median:.3g} mm with depth_scale_mm={self.depth_scale_mm:g}: "
-                f"check depth_scale_mm in {self.root / 'capture.json'}")
+    def check_units(self) -> None:
+        """Refuse the capture if a checked frame's hand (hands_to_check) has an implausible distance or size."""
+        found, tried, first_miss = self.hands_to_check()
+        if not found:
+            raise CaptureError(f"{self.root}: no hand found in any of the {len(tried)} frames checked for "
+                               f"depth units ({first_miss}){self._scale_hint(tried)}")
+        for i, loc in found:
+            self.check_location(i, loc)
+
+    def _scale_hint(self, frames: list[int]) -> str:
+        """A pointer to depth_scale_mm when the first of `frames` with measurements lies at no depth
+        sensor's range (metres stored with depth_scale_mm 1 find no hand-sized object at all)."""
+        for i in frames:
+            depth = self.depth_mm(i)
+            measured = depth[np.isfinite(depth) & (depth > 0)]
+            if len(measured):
+                median = float(np.median(measured))
+                lo, hi = SENSOR_RANGE_MM
+                if lo <= median <= hi:
+                    return ""
+                return (f"; {self.frames[i].name}'s measured depths have a median of {median:.3g} mm with "
+                        f"depth_scale_mm={self.depth_scale_mm:g}: check depth_scale_mm in {self.root / 'capture.json'}")
+        return ""
 
     def check_location(self, index: int, loc: HandLocation) -> None:
         """Refuse frame `index` if its detected hand is implausible (see check_units)."""
@@ -198,8 +206,8 @@ class Capture:
 
 def check_labels(labels_uvd: np.ndarray, cam: Intrinsics, path: str | Path) -> None:
     """Refuse labels whose depths no hand has (metres or xyz given for u v d: pixels, pixels, mm)
-    or that lie off the image more than a hand at its border would (labels of another camera or
-    resolution)."""
+    or a frame with more of its joints off the image than a hand at the border has (labels of
+    another camera or resolution; a fingertip or two beyond the edge is fine)."""
     near, far = HAND_DEPTH_MM
     bad = np.argwhere((labels_uvd[..., 2] < near) | (labels_uvd[..., 2] > far))
     if len(bad):
@@ -207,12 +215,14 @@ def check_labels(labels_uvd: np.ndarray, cam: Intrinsics, path: str | Path) -> N
         raise CaptureError(f"{path}: frame {frame}, joint {joint}: depth {labels_uvd[frame, joint, 2]:g} mm is not a "
                            f"hand's distance ({near:.0f}-{far:.0f} mm; labels are u v d in pixels, pixels, mm)")
     outside = cam.outside(labels_uvd[..., :2])
-    if outside.mean() > LABELS_OUTSIDE_MAX:
-        frame, joint = np.argwhere(outside)[0]
+    far_out = np.flatnonzero(outside.mean(axis=-1) > LABELS_OUTSIDE_MAX)
+    if len(far_out):
+        frame = far_out[0]
+        joint = np.flatnonzero(outside[frame])[0]
         u, v = labels_uvd[frame, joint, :2]
-        raise CaptureError(f"{path}: {100 * outside.mean():.0f} % of the label joints lie outside the {cam.width}x"
-                           f"{cam.height} image (frame {frame}, joint {joint} at u {u:g} v {v:g}): labels of "
-                           f"another camera or resolution?")
+        raise CaptureError(f"{path}: frame {frame}: {outside[frame].sum()} of its {outside.shape[-1]} label joints lie "
+                           f"outside the {cam.width}x{cam.height} image (joint {joint} at u {u:g} v {v:g}): labels "
+                           f"of another camera or resolution?")
 
 
 def mirror_uvd(uvd: np.ndarray, width: int) -> np.ndarray:
@@ -312,9 +322,10 @@ def _frame_files(folder: Path) -> tuple[Path, ...]:
 
 def _check_keys(meta: dict, fields: tuple[str, ...], where: object) -> None:
     """Other keys are free metadata (the benchmark records its split and seed), but one that looks
-    like a misspelt field would silently drop that field: refused."""
+    like a misspelt field the object lacks would silently drop that field: refused."""
+    absent = [f for f in fields if f not in meta]
     for key in meta:
-        if key not in fields and (near := difflib.get_close_matches(str(key).lower(), fields, n=1, cutoff=0.75)):
+        if key not in fields and (near := difflib.get_close_matches(str(key).lower(), absent, n=1, cutoff=0.85)):
             raise CaptureError(f"{where}: unknown key {key!r}; did you mean {near[0]!r}?")
 
 

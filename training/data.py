@@ -328,7 +328,8 @@ def view_centre(capture: Capture, index: int, view: CaptureView, centre_uvd: np.
 def check_views(captures: list[Capture], name: str) -> None:
     """Before training: a rig whose views include none named `name` is warned about (view prediction
     would silently not learn from it), and one whose extrinsics put the hand behind the camera is
-    refused on the frames the depth-unit check finds a hand in, not when the main phase first reads it."""
+    refused on the frames the depth-unit check looks at (Capture.hands_to_check), not when the main
+    phase first reads a view."""
     for capture in captures:
         view = capture.view(name)
         if view is None:
@@ -337,11 +338,8 @@ def check_views(captures: list[Capture], name: str) -> None:
                               f"named {name!r}, the view training predicts, so view prediction does not learn "
                               f"from its frames (rename the view in capture.json, or set view_target)")
             continue
-        for i in dict.fromkeys([0, len(capture) // 2, len(capture) - 1]):
-            try:
-                view_centre(capture, i, view, capture.locate(i).centre_uvd)
-            except NoHandError:
-                continue
+        for i, location in capture.hands_to_check()[0]:
+            view_centre(capture, i, view, location.centre_uvd)
 
 
 def real_crop(capture: Capture, index: int, config: TrainConfig, augment: AugmentParams,

@@ -37,6 +37,13 @@ def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu"
     return method.to(device).eval(), config
 
 
+def flip_left(capture: Capture, uvd: np.ndarray) -> np.ndarray:
+    """uvd between the capture's own images (files people read and write) and the frames as training
+    reads them (where its labels, intrinsics and depth_mm are), either way: a left hand's are
+    mirrored, and mirroring is its own inverse."""
+    return mirror_uvd(uvd, capture.intrinsics.width) if capture.mirrored else uvd
+
+
 def frame_centres(capture: Capture, centre: str | Path = "detect") -> np.ndarray:
     """Crop centre of every frame (uvd, in the frames as training reads them): the detected hand,
     the labelled palm centre, or a centres file's. Detection costs more than a small network's
@@ -58,12 +65,12 @@ def frame_centres(capture: Capture, centre: str | Path = "detect") -> np.ndarray
         if not near <= d <= far:
             raise DataError(f"{centre}: frame {frame}: centre depth {d:g} mm is not a hand's distance ({near:.0f}-{far:.0f} "
                             f"mm; a centres file holds u v d in pixels, pixels, mm)")
-    return mirror_uvd(centres, capture.intrinsics.width) if capture.mirrored else centres
+    return flip_left(capture, centres)
 
 
 def save_frame_centres(path: str | Path, capture: Capture, centres_uvd: np.ndarray) -> None:
     """A centres file of `frame_centres`' centres, in the capture's own images."""
-    save_centres(path, mirror_uvd(centres_uvd, capture.intrinsics.width) if capture.mirrored else centres_uvd)
+    save_centres(path, flip_left(capture, centres_uvd))
 
 
 @torch.no_grad()
@@ -76,20 +83,14 @@ def predict_capture(method: Method, config: TrainConfig, capture: Capture, centr
     crops = crop_frames(capture, config, centres_uvd=centres_uvd)
     out = torch.cat([method.predict_real(x.to(device)).float().cpu() for x in crops.images.split(batch)]).numpy()
     uvd = np.stack([g.to_uvd(p) for g, p in zip(crops.geometries, out)])
-    return mirror_uvd(uvd, capture.intrinsics.width) if capture.mirrored else uvd
-
-
-def as_read(capture: Capture, uvd: np.ndarray) -> np.ndarray:
-    """uvd in the capture's own images (predict_capture's) in the frames as training reads them,
-    where the capture's labels, intrinsics and depth_mm are: a left hand's mirrored."""
-    return mirror_uvd(uvd, capture.intrinsics.width) if capture.mirrored else uvd
+    return flip_left(capture, uvd)
 
 
 def score_capture(capture: Capture, pred_uvd: np.ndarray) -> EvalResult:
     """predict_capture's predictions against the capture's own labels."""
     if capture.labels_uvd is None:
         raise DataError(f"{capture.root}: capture has no labels to score against")
-    return evaluate_uvd(as_read(capture, pred_uvd), capture.labels_uvd, capture.intrinsics)
+    return evaluate_uvd(flip_left(capture, pred_uvd), capture.labels_uvd, capture.intrinsics)
 
 
 def write_uvd(path: str | Path, uvd: np.ndarray) -> None:

@@ -245,8 +245,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         try:
             evaluation = RealEvaluation(config, *held)
         except DataError as err:
-            raise DataError(f"{err}: the frames evaluated during training ("
-                            f"{'--eval' if config.eval else 'the labelled frames not trained on; give --eval CAPTURE for others'})") from None
+            which = "--eval" if config.eval else "the labelled frames not trained on; give --eval CAPTURE for others"
+            raise DataError(f"evaluation frames ({which}): {err}") from None
     sources.synthetic.verify(rank, world, master and progress)   # last: it reads every shard
 
     # Device, networks, optimizers, schedules.
