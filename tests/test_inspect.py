@@ -194,6 +194,25 @@ def test_broken_captures_are_named(tmp_path, capsys):
     assert rc == 1 and "30.png: depths implausible" in err and err.count("inspect-shards:") == 7
 
 
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} absent (shared real samples)")
+def test_a_frame_whose_hand_merges_with_the_body_is_no_unit_problem(tmp_path, capsys):
+    """One frame of eight with a surface at the hand's depth joined to it: its detection is
+    implausible, the capture's unit is not, and the line says so instead of pointing at the unit."""
+    from PIL import Image
+
+    seq = tmp_path / "seq"
+    shutil.copytree(SAMPLES / "realsense_sr305" / "seq_a", seq)
+    depth = np.asarray(Image.open(seq / "50.png")).copy()
+    near = int(np.percentile(depth[depth > 0], 2))
+    body = depth[200:]
+    body[(body == 0) | (body > near + 400)] = near + 80   # a body just behind the hand's nearest point
+    Image.fromarray(depth).save(seq / "50.png")
+    rc, _, err = _run(capsys, seq, "--out", tmp_path / "p")
+    assert rc == 1 and err.count("inspect-shards:") == 1, err
+    assert f"{seq / '50.png'}: the detected hand is implausible (palm width" in err
+    assert "while most frames' are not: the detector probably merged it with the arm, body or table" in err
+
+
 def test_flexion_of_straight_and_bent_finger():
     xyz = np.zeros((21, 3))
     for f in range(5):

@@ -193,15 +193,20 @@ class Capture:
 
     def check_location(self, index: int, loc: HandLocation) -> None:
         """Refuse frame `index` if its detected hand is implausible (see check_units)."""
-        checks = {"nearest object": (loc.near_mm, PLAUSIBLE_NEAR_MM, "mm"),
-                  "palm width": (loc.palm_width_mm, PLAUSIBLE_PALM_WIDTH_MM, "mm"),
-                  "hand area": (loc.hand_area_mm2, PLAUSIBLE_HAND_AREA_MM2, "mm^2")}
-        bad = [f"{name} {value:.0f} {unit} (plausible {lo:.0f}-{hi:.0f})"
-               for name, (value, (lo, hi), unit) in checks.items() if not lo <= value <= hi]
+        bad = implausible(loc)
         if bad:
             raise CaptureError(
                 f"{self.frames[index]}: depths implausible for a hand with depth_scale_mm="
                 f"{self.depth_scale_mm:g}: {', '.join(bad)}; check depth_scale_mm in {self.root / 'capture.json'}")
+
+
+def implausible(loc: HandLocation) -> list[str]:
+    """What about a detected hand no hand at the right depth unit has: its distance, palm width, area."""
+    checks = {"nearest object": (loc.near_mm, PLAUSIBLE_NEAR_MM, "mm"),
+              "palm width": (loc.palm_width_mm, PLAUSIBLE_PALM_WIDTH_MM, "mm"),
+              "hand area": (loc.hand_area_mm2, PLAUSIBLE_HAND_AREA_MM2, "mm^2")}
+    return [f"{name} {value:.0f} {unit} (plausible {lo:.0f}-{hi:.0f})"
+            for name, (value, (lo, hi), unit) in checks.items() if not lo <= value <= hi]
 
 
 def check_labels(labels_uvd: np.ndarray, cam: Intrinsics, path: str | Path) -> None:

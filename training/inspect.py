@@ -35,7 +35,7 @@ from render.arguments import say
 from render.atomic import WriteError, check_writable
 from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sample_key, sha256_file
-from training.captures import CaptureError, load_capture, mirror_intrinsics
+from training.captures import CaptureError, implausible, load_capture, mirror_intrinsics
 from training.crop import Crop, crop_hand, crop_shard_sample
 from training.localize import centre_from_labels
 from training.figures import save_figure
@@ -285,15 +285,17 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
         for i in np.flatnonzero(outside.any(axis=1)):
             report.problem(f"{cap.frames[i]}: {outside[i].sum()} labelled joints outside the image")
     wanted = set(np.linspace(0, len(cap) - 1, min(PREVIEWS, len(cap))).astype(int).tolist())
-    near, palm, depth_lo, depth_hi, offsets = [], [], [], [], []
+    near, palm, depth_lo, depth_hi, offsets, odd = [], [], [], [], [], []
     for i in tqdm(range(len(cap)), desc=f"checking {root.name}", unit="frame", disable=not progress):
         report.frames += 1
         try:
             depth = cap.depth_mm(i)
             loc = cap.locate(i)
-            cap.check_location(i, loc)
         except CaptureError as err:
             report.problem(str(err))
+            continue
+        if implausible(loc):
+            odd.append((i, loc))
             continue
         near.append(loc.near_mm)
         palm.append(loc.palm_width_mm)
@@ -310,6 +312,17 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
                 name=f"{root.name}/{cap.frames[i].name}", depth=depth, origin=(0, 0), joints_uvd=labels,
                 joint_set=cap.label_joints, crop=crop_hand(depth, cam, loc.centre_uvd, labels),
                 detected_mask=loc.mask, detected_centre=loc.centre_uvd))
+    for i, loc in odd:
+        if len(near) >= len(odd):
+            # Most frames' hands are of a hand's size, so the unit is right and these are detections.
+            report.problem(f"{cap.frames[i]}: the detected hand is implausible ({', '.join(implausible(loc))}) while "
+                           f"most frames' are not: the detector probably merged it with the arm, body or table, "
+                           f"or saw it edge-on")
+            continue
+        try:
+            cap.check_location(i, loc)
+        except CaptureError as err:
+            report.problem(str(err))
     own = mirror_intrinsics(cam) if cap.mirrored else cam   # mirroring is its own inverse
     report.stats = {
         "frames": f"{len(cap)} ({cap.sensor or 'sensor not named'}; {cap.hand} hand"
