@@ -213,6 +213,33 @@ def test_a_frame_whose_hand_merges_with_the_body_is_no_unit_problem(tmp_path, ca
     assert "while most frames' are not: the detector probably merged it with the arm, body or table" in err
 
 
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} absent (shared real samples)")
+def test_metres_and_a_rig_facing_away_are_named(tmp_path, capsys):
+    """Depth stored in metres with depth_scale_mm 1 finds no hand anywhere: the unit is named. A
+    view whose extrinsics put the hand behind its camera, which training refuses, is named too."""
+    from PIL import Image
+
+    src = SAMPLES / "realsense_sr305" / "seq_a"
+    metres = tmp_path / "metres"
+    metres.mkdir()
+    meta = json.loads((src / "capture.json").read_text())
+    for png in sorted(src.glob("*.png"))[:2]:
+        np.save(metres / f"{png.stem}.npy", np.asarray(Image.open(png), np.float32) * meta["depth_scale_mm"] / 1000)
+    (metres / "capture.json").write_text(json.dumps(dict(meta, depth_scale_mm=1.0)))
+    rc, _, err = _run(capsys, metres, "--out", tmp_path / "p")
+    assert rc == 1 and f"{metres}: no hand found in any frame; " in err
+    assert "measured depths have a median of" in err and "check depth_scale_mm in" in err
+
+    rig = tmp_path / "rig"
+    shutil.copytree(src, rig)
+    shutil.copytree(src, rig / "side", ignore=shutil.ignore_patterns("*.json"))
+    meta["views"] = [{"name": "side", "folder": "side", "intrinsics": meta["intrinsics"],
+                      "extrinsics_mm": np.diag([-1.0, 1.0, -1.0, 1.0]).tolist()}]   # turned to face away
+    (rig / "capture.json").write_text(json.dumps(meta))
+    rc, _, err = _run(capsys, rig, "--out", tmp_path / "p")
+    assert rc == 1 and err.count("inspect-shards:") == 1 and "the hand lies behind the side camera" in err, err
+
+
 def test_flexion_of_straight_and_bent_finger():
     xyz = np.zeros((21, 3))
     for f in range(5):

@@ -172,11 +172,11 @@ class Capture:
         found, tried, first_miss = self.hands_to_check()
         if not found:
             raise CaptureError(f"{self.root}: no hand found in any of the {len(tried)} frames checked for "
-                               f"depth units ({first_miss}){self._scale_hint(tried)}")
+                               f"depth units ({first_miss}){self.scale_hint(tried)}")
         for i, loc in found:
             self.check_location(i, loc)
 
-    def _scale_hint(self, frames: list[int]) -> str:
+    def scale_hint(self, frames: list[int]) -> str:
         """A pointer to depth_scale_mm when the first of `frames` with measurements lies at no depth
         sensor's range (metres stored with depth_scale_mm 1 find no hand-sized object at all)."""
         for i in frames:

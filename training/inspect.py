@@ -37,6 +37,7 @@ from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sample_key, sha256_file
 from training.captures import CaptureError, implausible, load_capture, mirror_intrinsics
 from training.crop import Crop, crop_hand, crop_shard_sample
+from training.data import DataError, view_centre
 from training.localize import centre_from_labels
 from training.figures import save_figure
 
@@ -312,6 +313,17 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
                 name=f"{root.name}/{cap.frames[i].name}", depth=depth, origin=(0, 0), joints_uvd=labels,
                 joint_set=cap.label_joints, crop=crop_hand(depth, cam, loc.centre_uvd, labels),
                 detected_mask=loc.mask, detected_centre=loc.centre_uvd))
+    if not near and not odd:
+        hint = cap.scale_hint(list(range(len(cap))))
+        if hint:
+            report.problem(f"{root}: no hand found in any frame{hint}")
+    for view in cap.views:   # training refuses a rig whose hand lies behind a view camera
+        for i, loc in cap.hands_to_check()[0]:
+            try:
+                view_centre(cap, i, view, loc.centre_uvd)
+            except DataError as err:
+                report.problem(str(err))
+                break
     for i, loc in odd:
         if len(near) >= len(odd):
             # Most frames' hands are of a hand's size, so the unit is right and these are detections.
