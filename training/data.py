@@ -328,8 +328,7 @@ def view_centre(capture: Capture, index: int, view: CaptureView, centre_uvd: np.
 def check_views(captures: list[Capture], name: str) -> None:
     """Before training: a rig whose views include none named `name` is warned about (view prediction
     would silently not learn from it), and one whose extrinsics put the hand behind the camera is
-    refused on the frames the depth-unit check looks at (Capture.hands_to_check), not when the main
-    phase first reads a view."""
+    refused (check_rig), not when the main phase first reads a view."""
     for capture in captures:
         view = capture.view(name)
         if view is None:
@@ -338,8 +337,14 @@ def check_views(captures: list[Capture], name: str) -> None:
                               f"named {name!r}, the view training predicts, so view prediction does not learn "
                               f"from its frames (rename the view in capture.json, or set view_target)")
             continue
-        for i, location in capture.hands_to_check()[0]:
-            view_centre(capture, i, view, location.centre_uvd)
+        check_rig(capture, view)
+
+
+def check_rig(capture: Capture, view: CaptureView) -> None:
+    """Refuse a view whose extrinsics put the hand behind its camera, on the frames the depth-unit
+    check looks at (Capture.hands_to_check)."""
+    for i, location in capture.hands_to_check()[0]:
+        view_centre(capture, i, view, location.centre_uvd)
 
 
 def real_crop(capture: Capture, index: int, config: TrainConfig, augment: AugmentParams,

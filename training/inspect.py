@@ -37,7 +37,7 @@ from render.camera import Intrinsics, uvd_to_xyz, xyz_to_uvd
 from render.shards import MANIFEST, decode_depth_png, iter_shard, read_manifest, sample_key, sha256_file
 from training.captures import CaptureError, implausible, load_capture, mirror_intrinsics
 from training.crop import Crop, crop_hand, crop_shard_sample
-from training.data import DataError, view_centre
+from training.data import DataError, check_rig
 from training.localize import centre_from_labels
 from training.figures import save_figure
 
@@ -318,12 +318,10 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
         if hint:
             report.problem(f"{root}: no hand found in any frame{hint}")
     for view in cap.views:   # training refuses a rig whose hand lies behind a view camera
-        for i, loc in cap.hands_to_check()[0]:
-            try:
-                view_centre(cap, i, view, loc.centre_uvd)
-            except DataError as err:
-                report.problem(str(err))
-                break
+        try:
+            check_rig(cap, view)
+        except DataError as err:
+            report.problem(str(err))
     for i, loc in odd:
         if len(near) >= len(odd):
             # Most frames' hands are of a hand's size, so the unit is right and these are detections.
