@@ -38,6 +38,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +151,12 @@ class Capture:
         labels = None if self.labels_uvd is None else self.labels_uvd[index]
         return crop_hand(self.depth_mm(index), self.intrinsics, centre_uvd, labels, config, augment)
 
+    @cached_property
     def hands_to_check(self) -> tuple[list[tuple[int, HandLocation]], list[int], NoHandError | None]:
         """Up to UNIT_CHECK_FRAMES frames that show a hand with their locations, tried in this order:
         the first, middle and last frame, then others spread over the capture (a capture may well
-        begin or end before the hand is in view); also the frames tried and the first miss."""
+        begin or end before the hand is in view); also the frames tried and the first miss. Kept:
+        the unit check and the rig check (training.data.check_rig) both look at these frames."""
         spread = np.linspace(0, len(self) - 1, min(len(self), UNIT_CHECK_TRIES)).round().astype(int)
         tried = list(dict.fromkeys([0, len(self) // 2, len(self) - 1, *spread.tolist()]))
         found, first_miss = [], None
@@ -169,7 +172,7 @@ class Capture:
 
     def check_units(self) -> None:
         """Refuse the capture if a checked frame's hand (hands_to_check) has an implausible distance or size."""
-        found, tried, first_miss = self.hands_to_check()
+        found, tried, first_miss = self.hands_to_check
         if not found:
             raise CaptureError(f"{self.root}: no hand found in any of the {len(tried)} frames checked for "
                                f"depth units ({first_miss}){self.scale_hint(tried)}")

@@ -343,7 +343,7 @@ def check_views(captures: list[Capture], name: str) -> None:
 def check_rig(capture: Capture, view: CaptureView) -> None:
     """Refuse a view whose extrinsics put the hand behind its camera, on the frames the depth-unit
     check looks at (Capture.hands_to_check)."""
-    for i, location in capture.hands_to_check()[0]:
+    for i, location in capture.hands_to_check[0]:
         view_centre(capture, i, view, location.centre_uvd)
 
 

@@ -233,7 +233,10 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
 
     # Data: everything is opened and checked before any output is written.
     parts = Parts.of(method_cls)
-    sources = open_sources(config, parts)
+    with warnings.catch_warnings():
+        if not master:
+            warnings.simplefilter("ignore")   # every rank opens the same data; rank 0 says what it found
+        sources = open_sources(config, parts)
     data_frames = {"synthetic": len(sources.synthetic), "real": [len(c) for c in sources.captures],
                    "pairs": None if sources.pairs is None else sum(len(t) for t in sources.pairs.twins)}
     if state is not None and state.get("frames", data_frames) != data_frames:
