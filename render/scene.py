@@ -1,10 +1,12 @@
-"""Surfaces around a hand as real captures show them: a long forearm, the body behind, a table, a wall.
+"""Surfaces around a hand as real captures show them: the whole arm, the body behind, a table, a wall.
 
-Real depth frames are never a hand floating in nothing. The arm leaves the frame or recedes to the
-body, the torso is a large surface 10 to 40 cm behind the hand (NYU's subjects hold the hand
-100 to 400 mm in front of the body), a table or the room fills the rest. A hand detector or crop
-that has only seen isolated hands is not tested by synthetic frames without them, so the
-sim-to-real target domain (benchmarks/sim2real) renders these surfaces with every hand.
+Real depth frames are never a hand floating in nothing, nor an arm ending in mid-air. The forearm
+runs to the elbow and the upper arm on to the shoulder, so the arm always joins the body (or, with
+no torso in view, leaves the frame towards a body beside it); the torso is a large surface 10 to
+40 cm behind the hand (NYU's subjects hold the hand 100 to 400 mm in front of the body), a table
+or the room fills the rest. A hand detector or crop that has only seen isolated hands is not
+tested by synthetic frames without them, so the sim-to-real target domain (benchmarks/sim2real)
+renders these surfaces with every hand.
 
 Everything is a closed or camera-facing triangle mesh in the camera's OpenCV frame (metres), ready
 for render.renderer.DepthRenderer, which culls back faces: open surfaces are wound so that their
@@ -28,8 +30,8 @@ MIN_DEPTH_M = 0.30  # nothing comes nearer to the camera than this (renderers ne
 class SceneParams:
     """One frame's surroundings; lengths in metres, angles in degrees, offsets from the palm centre."""
 
-    arm: forearm_mod.ForearmParams        # the forearm, long enough to leave the frame or reach the body
-    body_gap: float | None                # torso front this far behind the palm centre; None: no body
+    arm: forearm_mod.ForearmParams        # the forearm, wrist to elbow; the upper arm joins it to the shoulder
+    body_gap: float | None                # torso front this far behind the palm centre; None: no body in view
     body_offset: tuple[float, float]      # torso centre (x, y) relative to the palm centre
     body_size: tuple[float, float]        # torso width, height
     body_yaw_deg: float                   # torso turned about the vertical axis
@@ -40,7 +42,7 @@ class SceneParams:
     @classmethod
     def sample(cls, rng: np.random.Generator, body_prob: float = 0.85, table_prob: float = 0.25,
                wall_prob: float = 0.5) -> "SceneParams":
-        arm = forearm_mod.ForearmParams(length=float(rng.uniform(0.25, 0.42)),
+        arm = forearm_mod.ForearmParams(length=float(rng.uniform(0.22, 0.30)),
                                         flexion_deg=float(rng.uniform(-30, 30)),
                                         deviation_deg=float(rng.uniform(-15, 15)),
                                         width_scale=float(rng.uniform(0.85, 1.05)))
@@ -85,23 +87,58 @@ def _surface(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return verts, _facing_camera(verts, _grid_faces(rows, cols))
 
 
-def body_mesh(palm: np.ndarray, p: SceneParams) -> tuple[np.ndarray, np.ndarray]:
-    """The torso's front: half an elliptic cylinder (vertical axis), 8 cm deep, turned by the yaw."""
-    width, height = p.body_size
-    u = np.linspace(-math.pi / 2, math.pi / 2, 17)
-    h = np.linspace(-0.5, 0.5, 9) * height
-    depth = 0.08
-    x = 0.5 * width * np.sin(u)
-    z = depth * (1.0 - np.cos(u))            # 0 at the front, depth at the sides
+BODY_DEPTH = 0.08       # the torso's front curves back this far at its sides
+SHOULDER_INSET = 0.08   # the shoulder joint lies this far in from the torso's side and top
+OUT_OF_VIEW = 0.7       # |x| / z beyond which a point is outside the frame (Kinect v1 0.54, SR305 0.67)
+UPPER_ARM_THICKER = 1.15  # upper arm radius / the forearm's half width at the elbow
+
+
+def _torso_point(p: SceneParams, palm: np.ndarray, x: np.ndarray, y: np.ndarray, gap: float) -> np.ndarray:
+    """Points on the torso's front at lateral offsets `x` and heights `y` (m, from its centre), (..., 3)."""
+    u = np.arcsin(np.clip(2.0 * x / p.body_size[0], -1.0, 1.0))
+    z = BODY_DEPTH * (1.0 - np.cos(u))            # 0 at the front, BODY_DEPTH at the sides
     yaw = math.radians(p.body_yaw_deg)
-    xr = x * math.cos(yaw) + z * math.sin(yaw)
-    zr = -x * math.sin(yaw) + z * math.cos(yaw)
-    centre = palm + np.array([p.body_offset[0], p.body_offset[1], p.body_gap])
-    pts = np.empty((len(h), len(u), 3))
-    pts[..., 0] = centre[0] + xr[None, :]
-    pts[..., 1] = centre[1] + h[:, None]
-    pts[..., 2] = centre[2] + zr[None, :]
-    return _surface(pts)
+    centre = palm + np.array([p.body_offset[0], p.body_offset[1], gap])
+    return np.stack(np.broadcast_arrays(centre[0] + x * math.cos(yaw) + z * math.sin(yaw), centre[1] + y,
+                                        centre[2] - x * math.sin(yaw) + z * math.cos(yaw)), axis=-1)
+
+
+def body_mesh(palm: np.ndarray, p: SceneParams) -> tuple[np.ndarray, np.ndarray]:
+    """The torso's front: half an elliptic cylinder (vertical axis), BODY_DEPTH deep, turned by the yaw."""
+    width, height = p.body_size
+    x = 0.5 * width * np.sin(np.linspace(-math.pi / 2, math.pi / 2, 17))
+    h = np.linspace(-0.5, 0.5, 9) * height
+    return _surface(_torso_point(p, palm, x[None, :], h[:, None], p.body_gap))
+
+
+def shoulder(palm: np.ndarray, elbow: np.ndarray, p: SceneParams) -> np.ndarray:
+    """Where the upper arm meets the body: inside the torso's top corner on the elbow's side. With
+    no torso in view the person stands beside the field of view, so the shoulder is moved
+    sideways out of it (OUT_OF_VIEW) and the upper arm leaves the frame."""
+    gap = p.body_gap if p.body_gap is not None else 0.25   # the middle of sample()'s 0.10 to 0.40
+    width, height = p.body_size
+    corners = _torso_point(p, palm, np.array([-1.0, 1.0]) * (0.5 * width - SHOULDER_INSET),
+                           np.array([SHOULDER_INSET - 0.5 * height]), gap)
+    near = corners[np.argmin(np.linalg.norm(corners - elbow, axis=1))]
+    if p.body_gap is None:
+        side = 1.0 if elbow[0] >= palm[0] else -1.0
+        return np.array([side * (OUT_OF_VIEW * near[2] + 0.15), near[1], near[2]])
+    return near + np.array([0.0, 0.0, 0.5 * BODY_DEPTH])    # into the torso, so no seam shows
+
+
+def upper_arm_mesh(elbow: np.ndarray, shoulder_xyz: np.ndarray, radius: float) -> np.ndarray:
+    """Vertices of a closed round tube from the elbow to the shoulder (faces: forearm.FACES)."""
+    axis = shoulder_xyz - elbow
+    axis = axis / np.linalg.norm(axis)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(axis[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    side = np.cross(helper, axis)
+    side /= np.linalg.norm(side)
+    up = np.cross(axis, side)             # (side, up, axis) right-handed, as the forearm's rings
+    phi = np.linspace(0.0, 2 * np.pi, forearm_mod.SEGMENTS, endpoint=False)
+    ring = radius * (np.cos(phi)[:, None] * side + np.sin(phi)[:, None] * up)
+    centres = elbow + np.linspace(0.0, 1.0, forearm_mod.RINGS)[:, None] * (shoulder_xyz - elbow)
+    verts = (centres[:, None, :] + ring[None]).reshape(-1, 3)
+    return np.concatenate([verts, centres[:1], centres[-1:]], 0)
 
 
 def table_mesh(palm: np.ndarray, p: SceneParams) -> tuple[np.ndarray, np.ndarray] | None:
@@ -132,20 +169,26 @@ def wall_mesh(p: SceneParams) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scene_meshes(joints: np.ndarray, palm: np.ndarray, p: SceneParams) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Meshes (vertices (V, 3) m, faces) of the forearm and the surroundings of one placed hand.
+    """Meshes (vertices (V, 3) m, faces) of the arm and the surroundings of one placed hand.
 
     `joints` are the hand's 21 joints and `palm` its palm centre, in camera coordinates (metres).
-    The forearm is shortened where it would come nearer to the camera than MIN_DEPTH_M.
+    The forearm is shortened where its elbow would come nearer to the camera than MIN_DEPTH_M plus
+    the upper arm's radius; the upper arm, a little thicker than the forearm at the elbow, runs
+    from there to the shoulder.
     """
     arm = p.arm
     wrist = joints[JOINT_INDEX["wrist"]]
     verts = forearm_mod.forearm_mesh(joints, arm)
-    end = verts[-1]
-    if end[2] < MIN_DEPTH_M and end[2] < wrist[2]:
-        length = arm.length * (wrist[2] - MIN_DEPTH_M) / (wrist[2] - end[2])
+    elbow = verts[-1]
+    radius = UPPER_ARM_THICKER * float(np.linalg.norm(verts[-2 - forearm_mod.SEGMENTS:-2] - elbow, axis=1).max())
+    near = MIN_DEPTH_M + radius
+    if elbow[2] < near and elbow[2] < wrist[2]:
+        length = arm.length * max(wrist[2] - near, 0.0) / (wrist[2] - elbow[2])
         arm = forearm_mod.ForearmParams(max(length, 0.05), arm.flexion_deg, arm.deviation_deg, arm.width_scale)
         verts = forearm_mod.forearm_mesh(joints, arm)
-    meshes = [(verts, forearm_mod.FACES)]
+        elbow = verts[-1]
+    meshes = [(verts, forearm_mod.FACES),
+              (upper_arm_mesh(elbow, shoulder(palm, elbow, p), radius), forearm_mod.FACES)]
     if p.body_gap is not None:
         meshes.append(body_mesh(palm, p))
     if p.table_drop is not None:

@@ -9,9 +9,12 @@ hand pose datasets and of the crop-based methods trained on them):
 2. The patch whose near depth is smallest seeds the hand; every measured pixel within a depth
    band behind it and connected to it joins (holes, value 0, are simply absent).
 3. The forearm is dropped: an arm enters either across the frame border or by receding to the
-   body at the back of the band, so the hand is the object's far end from those pixels along its
-   surface (geodesic distance); what lies within `hand_length_mm` of the farthest point, along
-   the surface and in space, is kept. An object touching neither is kept whole.
+   body beyond the band (its surface goes on past the band's far limit), so the hand is the
+   object's far end from those pixels along its surface (geodesic distance); what lies within
+   `hand_length_mm` of the farthest point, along the surface and in space, is kept. An object
+   doing neither is kept whole. The band is narrower than a hand is long: a body 10 to 20 cm
+   behind the hand, as NYU's subjects stand, would otherwise join the object (and a hand's own
+   far part, in a band's back, is no arm).
 4. The centre is the palm, the widest part of a hand: the kept pixel deepest inside the
    silhouette (distance transform, holes filled), at the median surface depth around it pushed
    `surface_offset_mm` along the viewing ray (the camera sees the front of the palm; the
@@ -45,14 +48,13 @@ class LocalizeError(ValueError):
 class LocalizeConfig:
     """Thresholds of the detector; defaults suit hands 0.2 to 2 m from Kinect/RealSense sensors."""
 
-    band_mm: float = 200.0            # depth band behind the nearest point that may belong to the hand
+    band_mm: float = 120.0            # depth band behind the nearest point that may belong to the hand
     min_area_mm2: float = 1500.0      # smaller patches are speckles / flying pixels
     near_area_mm2: float = 300.0      # the object's near depth is where this much of it is nearer
     edge_mm: float = 15.0             # depth step that separates two surfaces ...
     edge_rel: float = 0.02            # ... plus this fraction of the depth (sensor noise grows with depth)
     hand_length_mm: float = 200.0     # kept from the object's far end (wrist to fingertip is ~190 mm)
     surface_offset_mm: float = 15.0   # from the palm's visible surface to the palm centre inside
-    band_back: float = 0.25           # the deepest quarter of the band is where an arm recedes to the body
     border_margin: float = 0.08       # an object this close (fraction of height) to the edge enters there
     work_width: int = 320             # frames are analysed at about this width, for speed
 
@@ -92,6 +94,21 @@ def _geodesic_mm(obj: np.ndarray, rows: np.ndarray, cols: np.ndarray, pts: np.nd
     graph = sparse.coo_matrix((weight, (src, dst)), shape=(len(rows), len(rows))).tocsr()
     dist = csgraph.dijkstra(graph, directed=False, indices=np.flatnonzero(sources), min_only=True)
     return np.where(np.isfinite(dist), dist, 0.0)
+
+
+def _goes_on_beyond(obj: np.ndarray, d: np.ndarray, valid: np.ndarray, far: float, thr: np.ndarray) -> np.ndarray:
+    """The object's pixels where its surface goes on past depth `far` (a 4-neighbour measured
+    beyond it, no depth edge between): where an arm leaves the band on its way to the body. Grown
+    by two pixels, so that a frayed silhouette still gives a connected start."""
+    beyond = valid & (d > far)
+    out = np.zeros_like(obj)
+    for axis in (0, 1):
+        lo = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
+        hi = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
+        smooth = np.abs(d[hi] - d[lo]) <= np.minimum(thr[hi], thr[lo])
+        out[lo] |= obj[lo] & beyond[hi] & smooth
+        out[hi] |= obj[hi] & beyond[lo] & smooth
+    return ndimage.binary_dilation(out, iterations=2) & obj
 
 
 def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = LocalizeConfig()
@@ -161,7 +178,7 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
     margin = max(1, int(round(config.border_margin * d.shape[0])))
     h, wdt = d.shape
     sources = ((rows < margin) | (rows >= h - margin) | (cols < margin) | (cols >= wdt - margin)
-               | (pts[:, 2] >= z0 + config.band_mm * (1 - config.band_back)))
+               | _goes_on_beyond(obj, d, valid, z0 + config.band_mm, thr)[rows, cols])
     if sources.any():
         geo = _geodesic_mm(obj, rows, cols, pts, sources)
         reach = float(np.percentile(geo, 99.5))

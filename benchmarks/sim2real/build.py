@@ -4,7 +4,7 @@
 
 The target domain is a STAND-IN for real captures (see docs/sim2real.md and target.py): NYU test
 poses, out-of-distribution hand shapes, a Kinect model with real-capture hole patterns, and
-forearm / body / table / wall surfaces, as full 640x480 frames. Layout of DIR:
+arm / body / table / wall surfaces, as full 640x480 frames. Layout of DIR:
 
     build.json                 preset, seed, counts, commands, timings, checksums, localisation rate
     source/                    render-hands shards: clean sensor, prior poses, --views 3

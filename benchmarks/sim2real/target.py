@@ -12,7 +12,8 @@ each way docs/sim2real.md lists:
 * sensor: the Kinect v1 model as four devices whose parameters are drawn (per seed) around the
   NYU calibration, plus holes stamped into the hand with the shapes and rates measured on the
   real captures;
-* scene: a long forearm, a torso 10 to 40 cm behind the hand, sometimes a table and a wall
+* scene: the whole arm (forearm and upper arm, joining the body or leaving the frame), a torso 10
+  to 40 cm behind the hand, sometimes a table and a wall
   (render.scene), rendered as full 640x480 frames so that localisation and cropping are exercised;
 * a rig: the unlabeled frames are also filmed by a second Kinect at the side (NYU's camera 3), fixed
   for the whole split as a real rig is, so that view prediction can learn from unlabeled frames.
