@@ -76,16 +76,20 @@ def test_without_a_torso_the_arm_leaves_the_frame(hand_away):
 
 def test_no_arm_surface_nearer_than_the_renderers_near_limit(hand_away):
     _, joints, palm, _ = hand_away
-    near = palm - np.array([0.0, 0.0, 0.15])   # a hand at 0.55 m brings this elbow to the camera
+    near = palm - np.array([0.0, 0.0, 0.25])   # at 0.45 m the elbow would come within 0.30 m
     shifted = joints - palm + near
+    unshortened = forearm.forearm_mesh(shifted, _params(0.2).arm)[-1]
+    assert unshortened[2] < scene.MIN_DEPTH_M + 0.05   # the setting this test is about
     for verts, _ in scene.scene_meshes(shifted, near, _params(0.2))[:2]:
         assert verts[:, 2].min() >= scene.MIN_DEPTH_M - 1e-6
 
 
-def test_a_hand_held_close_in_front_of_the_body_is_found(open_hand):
-    """A torso 12 cm behind the palm, the arm joining them: the detector's depth band once reached
-    the body, and the palm it found was the torso's widest part, 12 to 17 cm off."""
-    verts, joints, palm, faces = _placed_hand(open_hand, -10.0)
+@pytest.mark.parametrize("away_deg", [-10.0, 15.0])
+def test_a_hand_held_close_in_front_of_the_body_is_found(open_hand, away_deg):
+    """A torso 12 cm behind the palm, the arm joining them. The detector's 200 mm depth band once
+    reached the body, and the palm it found was the torso's widest part, 12 to 17 cm off; and a
+    hand tilted away put its fingers in the band's back, which the detector took for the arm's exit."""
+    verts, joints, palm, faces = _placed_hand(open_hand, away_deg)
     choose_backend()
     mesh = scene.merge([(verts, faces)] + scene.scene_meshes(joints, palm, _params(0.12)))
     with DepthRenderer(atlas_width=1024, atlas_height=512, znear=0.1, zfar=5.0) as renderer:

@@ -173,8 +173,8 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
     w = pix_area[rows, cols]
 
     # The hand is the end of the object farthest, along its surface, from where the arm comes
-    # from: the frame border (an arm reaching in) or the back of the depth band (an arm receding
-    # to the body).
+    # from: the frame border (an arm reaching in) or where its surface goes on beyond the depth
+    # band (an arm receding to the body).
     margin = max(1, int(round(config.border_margin * d.shape[0])))
     h, wdt = d.shape
     sources = ((rows < margin) | (rows >= h - margin) | (cols < margin) | (cols >= wdt - margin)
