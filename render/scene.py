@@ -23,7 +23,13 @@ import numpy as np
 from hand_models.joints import JOINT_INDEX
 from render import forearm as forearm_mod
 
-MIN_DEPTH_M = 0.30  # nothing comes nearer to the camera than this (renderers need a near plane)
+MIN_DEPTH_M = 0.30       # nothing comes nearer to the camera than this (renderers need a near plane)
+BODY_DEPTH = 0.08        # the torso's front curves back this far at its sides
+SHOULDER_INSET = 0.08    # the shoulder joint lies this far in from the torso's side and top
+UPPER_ARM_THICKER = 1.15  # upper arm radius / the forearm's half width at the elbow
+NO_BODY_GAP = 0.25       # with no torso in view the body stands this far behind the palm (sample()'s mid-range)
+OUT_OF_VIEW = 0.7        # |x| / z beyond which a point is outside the frame (Kinect v1 0.54, SR305 0.67) ...
+OUT_OF_VIEW_MARGIN = 0.15  # ... and this much further out (m), so that the whole upper arm's end is
 
 
 @dataclass(frozen=True)
@@ -87,12 +93,6 @@ def _surface(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return verts, _facing_camera(verts, _grid_faces(rows, cols))
 
 
-BODY_DEPTH = 0.08       # the torso's front curves back this far at its sides
-SHOULDER_INSET = 0.08   # the shoulder joint lies this far in from the torso's side and top
-OUT_OF_VIEW = 0.7       # |x| / z beyond which a point is outside the frame (Kinect v1 0.54, SR305 0.67)
-UPPER_ARM_THICKER = 1.15  # upper arm radius / the forearm's half width at the elbow
-
-
 def _torso_point(p: SceneParams, palm: np.ndarray, x: np.ndarray, y: np.ndarray, gap: float) -> np.ndarray:
     """Points on the torso's front at lateral offsets `x` and heights `y` (m, from its centre), (..., 3)."""
     u = np.arcsin(np.clip(2.0 * x / p.body_size[0], -1.0, 1.0))
@@ -115,14 +115,14 @@ def shoulder(palm: np.ndarray, elbow: np.ndarray, p: SceneParams) -> np.ndarray:
     """Where the upper arm meets the body: inside the torso's top corner on the elbow's side. With
     no torso in view the person stands beside the field of view, so the shoulder is moved
     sideways out of it (OUT_OF_VIEW) and the upper arm leaves the frame."""
-    gap = p.body_gap if p.body_gap is not None else 0.25   # the middle of sample()'s 0.10 to 0.40
+    gap = p.body_gap if p.body_gap is not None else NO_BODY_GAP
     width, height = p.body_size
     corners = _torso_point(p, palm, np.array([-1.0, 1.0]) * (0.5 * width - SHOULDER_INSET),
                            np.array([SHOULDER_INSET - 0.5 * height]), gap)
     near = corners[np.argmin(np.linalg.norm(corners - elbow, axis=1))]
     if p.body_gap is None:
         side = 1.0 if elbow[0] >= palm[0] else -1.0
-        return np.array([side * (OUT_OF_VIEW * near[2] + 0.15), near[1], near[2]])
+        return np.array([side * (OUT_OF_VIEW * near[2] + OUT_OF_VIEW_MARGIN), near[1], near[2]])
     return near + np.array([0.0, 0.0, 0.5 * BODY_DEPTH])    # into the torso, so no seam shows
 
 

@@ -65,6 +65,18 @@ def test_unlabelled_samples_read_in_millimetres(name, near):
 
 
 @needs_samples
+def test_a_capture_sent_to_loader_workers_leaves_its_located_frames_behind():
+    """The unit check's located frames carry full-frame masks; workers locate again if they ask."""
+    import pickle
+
+    cap = load_capture(SAMPLES / "realsense_sr305" / "seq_a")
+    assert "hands_to_check" in cap.__dict__   # located by the unit check
+    copy = pickle.loads(pickle.dumps(cap))
+    assert "hands_to_check" not in copy.__dict__ and copy.frames == cap.frames
+    assert [i for i, _ in copy.hands_to_check[0]] == [i for i, _ in cap.hands_to_check[0]]
+
+
+@needs_samples
 def test_sr305_frames_in_natural_order():
     cap = load_capture(SAMPLES / "realsense_sr305" / "seq_a")
     assert [p.stem for p in cap.frames] == ["30", "50", "70", "90", "110", "130", "150", "170"]

@@ -34,7 +34,10 @@ def _placed_hand(model, away_deg: float) -> tuple[np.ndarray, np.ndarray, np.nda
     angle = np.radians(away_deg)
     rot = _rotation(fingers / np.linalg.norm(fingers), np.array([0.0, -np.cos(angle), np.sin(angle)]))
     palm = np.array([0.0, 0.0, 0.7])
-    place = lambda x: (x - nyu14[PALM]) @ rot.T + palm   # noqa: E731
+
+    def place(x: np.ndarray) -> np.ndarray:
+        return (x - nyu14[PALM]) @ rot.T + palm
+
     return place(verts), place(joints), palm, np.asarray(model.faces, dtype=np.int64)
 
 
@@ -45,8 +48,9 @@ def hand_away(open_hand):
 
 
 def _params(body_gap: float | None) -> scene.SceneParams:
-    return scene.SceneParams(forearm.ForearmParams(0.26, 0.0, 0.0, 0.95), body_gap, (0.05, 0.15), (0.38, 0.70),
-                             10.0, None, 0.0, None)
+    return scene.SceneParams(arm=forearm.ForearmParams(length=0.26, flexion_deg=0.0, deviation_deg=0.0, width_scale=0.95),
+                             body_gap=body_gap, body_offset=(0.05, 0.15), body_size=(0.38, 0.70), body_yaw_deg=10.0,
+                             table_drop=None, table_tilt_deg=0.0, wall_depth=None)
 
 
 def _arm_end(joints: np.ndarray, palm: np.ndarray, p: scene.SceneParams) -> np.ndarray:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -105,6 +106,11 @@ class Capture:
     sensor: str = ""
     views: tuple[CaptureView, ...] = ()
 
+    def __getstate__(self) -> dict:
+        # Loader workers get the capture pickled; the located frames (hands_to_check) hold
+        # full-frame masks they never read.
+        return {k: v for k, v in self.__dict__.items() if k != "hands_to_check"}
+
     @property
     def mirrored(self) -> bool:
         return self.hand == "left"
@@ -152,7 +158,7 @@ class Capture:
         return crop_hand(self.depth_mm(index), self.intrinsics, centre_uvd, labels, config, augment)
 
     @cached_property
-    def hands_to_check(self) -> tuple[list[tuple[int, HandLocation]], list[int], NoHandError | None]:
+    def hands_to_check(self) -> tuple[tuple[tuple[int, HandLocation], ...], tuple[int, ...], str | None]:
         """Up to UNIT_CHECK_FRAMES frames that show a hand with their locations, tried in this order:
         the first, middle and last frame, then others spread over the capture (a capture may well
         begin or end before the hand is in view); also the frames tried and the first miss. Kept:
@@ -164,11 +170,11 @@ class Capture:
             try:
                 found.append((i, self.locate(i)))
             except NoHandError as err:
-                first_miss = first_miss or err
+                first_miss = first_miss or str(err)   # not the error: its traceback holds whole frames
                 continue
             if len(found) == UNIT_CHECK_FRAMES:
                 break
-        return found, tried, first_miss
+        return tuple(found), tuple(tried), first_miss
 
     def check_units(self) -> None:
         """Refuse the capture if a checked frame's hand (hands_to_check) has an implausible distance or size."""
@@ -179,7 +185,7 @@ class Capture:
         for i, loc in found:
             self.check_location(i, loc)
 
-    def scale_hint(self, frames: list[int]) -> str:
+    def scale_hint(self, frames: Sequence[int]) -> str:
         """A pointer to depth_scale_mm when the first of `frames` with measurements lies at no depth
         sensor's range (metres stored with depth_scale_mm 1 find no hand-sized object at all)."""
         for i in frames:

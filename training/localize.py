@@ -12,9 +12,10 @@ hand pose datasets and of the crop-based methods trained on them):
    body beyond the band (its surface goes on past the band's far limit), so the hand is the
    object's far end from those pixels along its surface (geodesic distance); what lies within
    `hand_length_mm` of the farthest point, along the surface and in space, is kept. An object
-   doing neither is kept whole. The band is narrower than a hand is long: a body 10 to 20 cm
-   behind the hand, as NYU's subjects stand, would otherwise join the object (and a hand's own
-   far part, in a band's back, is no arm).
+   doing neither is kept whole. The band is narrower than a hand is long, so that a body 10 to
+   20 cm behind the hand, as NYU's subjects stand, stays out of the object; the price is a hand
+   reaching more than 120 mm in depth (pointing at or away from the camera), which the band cuts
+   and whose own surface beyond it counts as an arm's exit.
 4. The centre is the palm, the widest part of a hand: the kept pixel deepest inside the
    silhouette (distance transform, holes filled), at the median surface depth around it pushed
    `surface_offset_mm` along the viewing ray (the camera sees the front of the palm; the
