@@ -782,6 +782,23 @@ def test_torchrun_two_processes(data, tmp_path):
     assert [r["step"] for r in _records(run) if "train/loss" in r] == [1, 2, 3, 4]
 
 
+def test_torchrun_ranks_leave_data_warnings_to_rank_0(data, tmp_path):
+    import shutil
+
+    rig = tmp_path / "rig"
+    shutil.copytree(data["real"][1], rig)
+    meta = json.loads((rig / "capture.json").read_text())
+    meta["views"][0]["name"] = "Side"   # warned about before training
+    (rig / "capture.json").write_text(json.dumps(meta))
+    args = _args(data, "murauer", tmp_path / "ddp", _config(tmp_path, workers=1), labeled=False)
+    args[args.index("--real") + 1:args.index("--method")] = [str(rig)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training.cli",
+           *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("none of its views (Side)") == 1, result.stderr[-2000:]
+
+
 def test_unlabeled_frames_without_a_hand_are_passed_over(shared, tmp_path):
     """A real capture with an empty frame among its unlabeled frames still trains: the frame
     that shows no hand is replaced by the next one that does."""
