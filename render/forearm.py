@@ -107,5 +107,16 @@ def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
     half_thick = 0.65 * half_width
     ring = (_COS[None, :, None] * half_width[:, None, None] * side
             + _SIN[None, :, None] * half_thick[:, None, None] * up)
+    return closed_tube(centres, ring)
+
+
+def closed_tube(centres: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Vertices in FACES' layout: RINGS cross-sections, each its centre (RINGS, 3) plus the ring's
+    offsets (RINGS or 1, SEGMENTS, 3), then the two end caps' centres."""
     verts = (centres[:, None, :] + ring).reshape(-1, 3)
     return np.concatenate([verts, centres[:1], centres[-1:]], 0)
+
+
+def end_half_width(verts: np.ndarray) -> float:
+    """How far the last cross-section of a tube (closed_tube's layout) reaches from its centre."""
+    return float(np.linalg.norm(verts[-2 - SEGMENTS:-2] - verts[-1], axis=1).max())

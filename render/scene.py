@@ -137,8 +137,7 @@ def upper_arm_mesh(elbow: np.ndarray, shoulder_xyz: np.ndarray, radius: float) -
     phi = np.linspace(0.0, 2 * np.pi, forearm_mod.SEGMENTS, endpoint=False)
     ring = radius * (np.cos(phi)[:, None] * side + np.sin(phi)[:, None] * up)
     centres = elbow + np.linspace(0.0, 1.0, forearm_mod.RINGS)[:, None] * (shoulder_xyz - elbow)
-    verts = (centres[:, None, :] + ring[None]).reshape(-1, 3)
-    return np.concatenate([verts, centres[:1], centres[-1:]], 0)
+    return forearm_mod.closed_tube(centres, ring[None])
 
 
 def table_mesh(palm: np.ndarray, p: SceneParams) -> tuple[np.ndarray, np.ndarray] | None:
@@ -180,7 +179,7 @@ def scene_meshes(joints: np.ndarray, palm: np.ndarray, p: SceneParams) -> list[t
     wrist = joints[JOINT_INDEX["wrist"]]
     verts = forearm_mod.forearm_mesh(joints, arm)
     elbow = verts[-1]
-    radius = UPPER_ARM_THICKER * float(np.linalg.norm(verts[-2 - forearm_mod.SEGMENTS:-2] - elbow, axis=1).max())
+    radius = UPPER_ARM_THICKER * forearm_mod.end_half_width(verts)
     near = MIN_DEPTH_M + radius
     if elbow[2] < near and elbow[2] < wrist[2]:
         length = arm.length * max(wrist[2] - near, 0.0) / (wrist[2] - elbow[2])

@@ -110,12 +110,12 @@ def test_left_hand_is_mirrored_with_its_labels(tmp_path):
 def test_predictions_on_a_left_hand_score_against_its_labels(tmp_path):
     """predict_capture answers in the capture's own images, while a left hand's labels are read
     mirrored: scoring brings both into one frame (the benchmark once compared across the two)."""
-    from training.predict import flip_left, score_capture
+    from training.predict import score_capture
 
     root, labels = _left_nyu(tmp_path)
     left = load_capture(root)
     assert score_capture(left, labels[None]).mean_error_mm == pytest.approx(0.0, abs=1e-3)
-    np.testing.assert_allclose(flip_left(left, labels[None]), left.labels_uvd, atol=1e-3)
+    np.testing.assert_allclose(left.flip_left(labels[None]), left.labels_uvd, atol=1e-3)
     assert score_capture(left, left.labels_uvd).mean_error_mm > 50   # the labels as read are not its images'
 
 

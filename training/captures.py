@@ -115,6 +115,12 @@ class Capture:
     def mirrored(self) -> bool:
         return self.hand == "left"
 
+    def flip_left(self, uvd: np.ndarray) -> np.ndarray:
+        """uvd between the capture's own images (files people read and write) and the frames as
+        training reads them (where its labels, intrinsics and depth_mm are), either way: a left
+        hand's are mirrored, and mirroring is its own inverse."""
+        return mirror_uvd(uvd, self.intrinsics.width) if self.mirrored else uvd
+
     def __len__(self) -> int:
         return len(self.frames)
 

@@ -44,8 +44,7 @@ from hand_models.joints import JOINT_NAMES, NYU14_NAMES
 from render.camera import uvd_to_xyz, xyz_to_uvd
 from render.shards import decode_depth_png, iter_shard, read_manifest, sha256_file
 from render.views import VIEWS
-from training.captures import (Capture, CaptureError, CaptureView, NoHandError, check_labels, load_capture,
-                               mirror_uvd)
+from training.captures import Capture, CaptureError, CaptureView, NoHandError, check_labels, load_capture
 from training.config import TrainConfig
 from training.crop import (Augmentation, AugmentParams, CropConfig, CropGeometry, crop_geometry, crop_hand,
                            crop_shard_sample)
@@ -132,8 +131,7 @@ def labeled_frames(capture: Capture, n: int, joints: str, labels_file: str = "")
             check_labels(labels, capture.intrinsics, labels_file)   # the image's bounds: mirroring keeps them
         except CaptureError as err:
             raise DataError(str(err)) from None
-        if capture.mirrored:
-            labels = mirror_uvd(labels, capture.intrinsics.width)
+        labels = capture.flip_left(labels)
         label_joints = joints
     else:
         if capture.labels_uvd is None:

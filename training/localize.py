@@ -97,18 +97,27 @@ def _geodesic_mm(obj: np.ndarray, rows: np.ndarray, cols: np.ndarray, pts: np.nd
     return np.where(np.isfinite(dist), dist, 0.0)
 
 
-def _goes_on_beyond(obj: np.ndarray, d: np.ndarray, valid: np.ndarray, far: float, thr: np.ndarray) -> np.ndarray:
+# Each pixel and its next neighbour along an axis: (earlier, later) slices of a frame.
+_PAIRS = (((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+          ((slice(None), slice(None, -1)), (slice(None), slice(1, None))))
+
+
+def _depth_steps(d: np.ndarray, thr: np.ndarray) -> list[np.ndarray]:
+    """Per axis (_PAIRS), whether the depth step between neighbours exceeds the edge threshold at
+    the later pixel's depth: the one test of a depth edge, for the patches and the arm's exit."""
+    return [np.abs(d[hi] - d[lo]) > thr[hi] for lo, hi in _PAIRS]
+
+
+def _goes_on_beyond(obj: np.ndarray, d: np.ndarray, valid: np.ndarray, far: float,
+                    steps: list[np.ndarray]) -> np.ndarray:
     """The object's pixels where its surface goes on past depth `far` (a 4-neighbour measured
     beyond it, no depth edge between): where an arm leaves the band on its way to the body. Grown
     by two pixels, so that a frayed silhouette still gives a connected start."""
     beyond = valid & (d > far)
     out = np.zeros_like(obj)
-    for axis in (0, 1):
-        lo = (slice(None, -1), slice(None)) if axis == 0 else (slice(None), slice(None, -1))
-        hi = (slice(1, None), slice(None)) if axis == 0 else (slice(None), slice(1, None))
-        smooth = np.abs(d[hi] - d[lo]) <= np.minimum(thr[hi], thr[lo])
-        out[lo] |= obj[lo] & beyond[hi] & smooth
-        out[hi] |= obj[hi] & beyond[lo] & smooth
+    for (lo, hi), step in zip(_PAIRS, steps):
+        out[lo] |= obj[lo] & beyond[hi] & ~step
+        out[hi] |= obj[hi] & beyond[lo] & ~step
     return ndimage.binary_dilation(out, iterations=2) & obj
 
 
@@ -127,17 +136,12 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
 
     # Surface patches: pixels not separated from a 4-neighbour by a depth step.
     thr = config.edge_mm + config.edge_rel * d
+    steps = _depth_steps(d, thr)
     edge = np.zeros_like(valid)
-    for axis in (0, 1):
-        step = np.abs(np.diff(d, axis=axis))
-        both = valid[1:, :] & valid[:-1, :] if axis == 0 else valid[:, 1:] & valid[:, :-1]
-        jump = both & (step > (thr[1:, :] if axis == 0 else thr[:, 1:]))
-        if axis == 0:
-            edge[1:, :] |= jump
-            edge[:-1, :] |= jump
-        else:
-            edge[:, 1:] |= jump
-            edge[:, :-1] |= jump
+    for (lo, hi), step in zip(_PAIRS, steps):
+        jump = valid[lo] & valid[hi] & step
+        edge[lo] |= jump
+        edge[hi] |= jump
     patches, n = ndimage.label(valid & ~edge)
     if n == 0:
         raise LocalizeError("no smooth surface in the frame (only isolated pixels)")
@@ -179,7 +183,7 @@ def locate_hand(depth_mm: np.ndarray, cam: Intrinsics, config: LocalizeConfig = 
     margin = max(1, int(round(config.border_margin * d.shape[0])))
     h, wdt = d.shape
     sources = ((rows < margin) | (rows >= h - margin) | (cols < margin) | (cols >= wdt - margin)
-               | _goes_on_beyond(obj, d, valid, z0 + config.band_mm, thr)[rows, cols])
+               | _goes_on_beyond(obj, d, valid, z0 + config.band_mm, steps)[rows, cols])
     if sources.any():
         geo = _geodesic_mm(obj, rows, cols, pts, sources)
         reach = float(np.percentile(geo, 99.5))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from render.atomic import write_atomically
-from training.captures import HAND_DEPTH_MM, Capture, mirror_uvd
+from training.captures import HAND_DEPTH_MM, Capture
 from training.config import TrainConfig
 from training.data import DataError, crop_frames, detected_centres
 from training.evaluate import EvalResult, evaluate_uvd
@@ -35,13 +35,6 @@ def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu"
     except (ValueError, KeyError, RuntimeError) as err:
         raise TrainingError(f"{checkpoint}: checkpoint does not match its configuration ({err})") from None
     return method.to(device).eval(), config
-
-
-def flip_left(capture: Capture, uvd: np.ndarray) -> np.ndarray:
-    """uvd between the capture's own images (files people read and write) and the frames as training
-    reads them (where its labels, intrinsics and depth_mm are), either way: a left hand's are
-    mirrored, and mirroring is its own inverse."""
-    return mirror_uvd(uvd, capture.intrinsics.width) if capture.mirrored else uvd
 
 
 def frame_centres(capture: Capture, centre: str | Path = "detect") -> np.ndarray:
@@ -65,12 +58,12 @@ def frame_centres(capture: Capture, centre: str | Path = "detect") -> np.ndarray
         if not near <= d <= far:
             raise DataError(f"{centre}: frame {frame}: centre depth {d:g} mm is not a hand's distance ({near:.0f}-{far:.0f} "
                             f"mm; a centres file holds u v d in pixels, pixels, mm)")
-    return flip_left(capture, centres)
+    return capture.flip_left(centres)
 
 
 def save_frame_centres(path: str | Path, capture: Capture, centres_uvd: np.ndarray) -> None:
     """A centres file of `frame_centres`' centres, in the capture's own images."""
-    save_centres(path, flip_left(capture, centres_uvd))
+    save_centres(path, capture.flip_left(centres_uvd))
 
 
 @torch.no_grad()
@@ -83,14 +76,14 @@ def predict_capture(method: Method, config: TrainConfig, capture: Capture, centr
     crops = crop_frames(capture, config, centres_uvd=centres_uvd)
     out = torch.cat([method.predict_real(x.to(device)).float().cpu() for x in crops.images.split(batch)]).numpy()
     uvd = np.stack([g.to_uvd(p) for g, p in zip(crops.geometries, out)])
-    return flip_left(capture, uvd)
+    return capture.flip_left(uvd)
 
 
 def score_capture(capture: Capture, pred_uvd: np.ndarray) -> EvalResult:
     """predict_capture's predictions against the capture's own labels."""
     if capture.labels_uvd is None:
         raise DataError(f"{capture.root}: capture has no labels to score against")
-    return evaluate_uvd(flip_left(capture, pred_uvd), capture.labels_uvd, capture.intrinsics)
+    return evaluate_uvd(capture.flip_left(pred_uvd), capture.labels_uvd, capture.intrinsics)
 
 
 def write_uvd(path: str | Path, uvd: np.ndarray) -> None:

@@ -348,7 +348,6 @@ def plot_real_frames(results: list[dict], path: Path, samples: dict[str, Path]) 
     import matplotlib.pyplot as plt
 
     from training.captures import load_capture
-    from training.predict import flip_left
 
     captures = {name: load_capture(folder) for name, folder in samples.items()}
     fig, axes = plt.subplots(len(captures), len(results), figsize=(1.9 * len(results), 2.1 * len(captures)),
@@ -360,7 +359,7 @@ def plot_real_frames(results: list[dict], path: Path, samples: dict[str, Path]) 
         for j, r in enumerate(results):
             ax = axes[i, j]
             ax.imshow(np.where(depth > 0, depth, np.nan), cmap="gray", vmin=loc[2] - 150, vmax=loc[2] + 250)
-            uvd = flip_left(capture, np.asarray(r["real_samples_uvd"][name][:1]))[0]   # drawn on depth_mm's frame
+            uvd = capture.flip_left(np.asarray(r["real_samples_uvd"][name][:1]))[0]   # drawn on depth_mm's frame
             for a, b in BONES:
                 ax.plot(uvd[[a, b], 0], uvd[[a, b], 1], "-", color="orange", lw=1)
             ax.plot(uvd[:, 0], uvd[:, 1], ".", color="red", ms=3)
