@@ -33,7 +33,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from training.config import TrainConfig
 from training.crop import (Augmentation, AugmentParams, CropConfig, CropGeometry, crop_geometry, crop_hand,
                            crop_shard_sample)
 from training.evaluate import EvalInputError, load_uvd
-from training.localize import centre_from_labels
+from training.localize import HandLocation, centre_from_labels
 
 SYNTHETIC, LABELED, UNLABELED, ORDER = 1, 2, 3, 4   # stream ids in the random seeds
 STREAM_ERROR = "data_error"   # the key of the batch that carries a data error out of the stream
@@ -338,10 +338,11 @@ def check_views(captures: list[Capture], name: str) -> None:
         check_rig(capture, view)
 
 
-def check_rig(capture: Capture, view: CaptureView) -> None:
-    """Refuse a view whose extrinsics put the hand behind its camera, on the frames the depth-unit
-    check looks at (Capture.hands_to_check)."""
-    for i, location in capture.hands_to_check[0]:
+def check_rig(capture: Capture, view: CaptureView,
+              located: Iterable[tuple[int, HandLocation]] | None = None) -> None:
+    """Refuse a view whose extrinsics put the hand behind its camera, on the `located` frames
+    (frame index, its hand), by default those the depth-unit check looks at (Capture.hands_to_check)."""
+    for i, location in capture.hands_to_check[0] if located is None else located:
         view_centre(capture, i, view, location.centre_uvd)
 
 
