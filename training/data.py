@@ -49,7 +49,7 @@ from training.config import TrainConfig
 from training.crop import (Augmentation, AugmentParams, CropConfig, CropGeometry, crop_geometry, crop_hand,
                            crop_shard_sample)
 from training.evaluate import EvalInputError, load_uvd
-from training.localize import HandLocation, centre_from_labels
+from training.localize import centre_from_labels
 
 SYNTHETIC, LABELED, UNLABELED, ORDER = 1, 2, 3, 4   # stream ids in the random seeds
 STREAM_ERROR = "data_error"   # the key of the batch that carries a data error out of the stream
@@ -339,11 +339,13 @@ def check_views(captures: list[Capture], name: str) -> None:
 
 
 def check_rig(capture: Capture, view: CaptureView,
-              located: Iterable[tuple[int, HandLocation]] | None = None) -> None:
-    """Refuse a view whose extrinsics put the hand behind its camera, on the `located` frames
-    (frame index, its hand), by default those the depth-unit check looks at (Capture.hands_to_check)."""
-    for i, location in capture.hands_to_check[0] if located is None else located:
-        view_centre(capture, i, view, location.centre_uvd)
+              centres: Iterable[tuple[int, np.ndarray]] | None = None) -> None:
+    """Refuse a view whose extrinsics put the hand behind its camera, on the given frames (index,
+    hand centre uvd), by default those the depth-unit check looks at (Capture.hands_to_check)."""
+    if centres is None:
+        centres = [(i, location.centre_uvd) for i, location in capture.hands_to_check[0]]
+    for i, centre_uvd in centres:
+        view_centre(capture, i, view, centre_uvd)
 
 
 def real_crop(capture: Capture, index: int, config: TrainConfig, augment: AugmentParams,

@@ -286,7 +286,7 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
         for i in np.flatnonzero(outside.any(axis=1)):
             report.problem(f"{cap.frames[i]}: {outside[i].sum()} labelled joints outside the image")
     wanted = set(np.linspace(0, len(cap) - 1, min(PREVIEWS, len(cap))).astype(int).tolist())
-    near, palm, depth_lo, depth_hi, offsets, odd, located = [], [], [], [], [], [], []
+    near, palm, depth_lo, depth_hi, offsets, odd, centres = [], [], [], [], [], [], []
     for i in tqdm(range(len(cap)), desc=f"checking {root.name}", unit="frame", disable=not progress):
         report.frames += 1
         try:
@@ -295,7 +295,7 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
         except CaptureError as err:
             report.problem(str(err))
             continue
-        located.append((i, loc))
+        centres.append((i, loc.centre_uvd))   # not loc: its full-frame mask, for every frame
         if implausible(loc):
             odd.append((i, loc))
             continue
@@ -320,7 +320,7 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
             report.problem(f"{root}: no hand found in any frame{hint}")
     for view in cap.views:   # training refuses a rig whose hand lies behind a view camera
         try:
-            check_rig(cap, view, located)
+            check_rig(cap, view, centres)
         except DataError as err:
             report.problem(str(err))
     for i, loc in odd:
