@@ -285,6 +285,16 @@ def test_resume_refuses_other_settings(data, tmp_path, capsys):
     assert "different settings (steps)" in capsys.readouterr().err
 
 
+def test_discriminator_schedule_keeps_step_with_the_networks(data, tmp_path):
+    """The discriminator steps in the main phase only; its learning rate is the networks' at the
+    same step (it once read its own step count as the run's, so it annealed a phase early)."""
+    run = tmp_path / "run"
+    assert main(_args(data, "murauer", run, _config(tmp_path, steps=6, epoch_steps=1))) == 0
+    state = load_checkpoint(run / "checkpoint.pt")
+    lrs = [state[k]["param_groups"][0]["lr"] for k in ("optimizer", "critic_optimizer")]
+    assert lrs[0] == pytest.approx(preset("cpu-small").lr * np.exp(-0.2)) and lrs[1] == lrs[0]
+
+
 def test_a_run_stopped_before_its_summary_keeps_its_last_evaluation(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(_args(data, "synthetic-only", run, _config(tmp_path, steps=2), labeled=False)) == 0
@@ -700,6 +710,8 @@ def test_config_and_schedule():
     assert lr_multiplier(c, c.pretrain_steps) == pytest.approx(0.1089)   # restarts for the main phase
     cos = TrainConfig(lr_schedule="cosine", pretrain_steps=100, steps=300)
     assert [lr_multiplier(cos, s) for s in (0, 50, 100, 200, 300)] == pytest.approx([1.0, 0.5, 1.0, 0.5, 0.0])
+    no_pretraining = TrainConfig(lr_schedule="cosine", pretrain_steps=0, steps=200)   # once 0 from step 1
+    assert [lr_multiplier(no_pretraining, s) for s in (0, 1, 100, 200)] == pytest.approx([1.0, 0.999938, 0.5, 0.0])
 
 
 def test_cuda_code_path_on_cpu(data, tmp_path):

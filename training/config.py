@@ -232,9 +232,10 @@ def lr_multiplier(config: TrainConfig, step: int) -> float:
     wherever the last full-rate step left it (the small benchmark runs, 1,000-step phases)."""
     if config.lr_schedule == "constant":
         return 1.0
-    phase_start = config.pretrain_steps if step >= config.pretrain_steps else 0
+    main = step >= config.pretrain_steps
+    phase_start = config.pretrain_steps if main else 0
     if config.lr_schedule == "cosine":
-        length = max(config.steps - config.pretrain_steps if phase_start else config.pretrain_steps, 1)
+        length = max(config.steps - config.pretrain_steps if main else config.pretrain_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * min((step - phase_start) / length, 1.0)))
     # The public code steps its scheduler at the start of every epoch, counting from 1: the first
     # epoch of a phase runs at the factor of epoch 1.

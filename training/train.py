@@ -277,7 +277,9 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     if critic is not None:
         critic.to(device)
         critic_opt = torch.optim.Adam(critic.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=cuda)
-        critic_sched = torch.optim.lr_scheduler.LambdaLR(critic_opt, lambda s: lr_multiplier(config, s))
+        # The discriminator steps in the main phase only: its first step is step pretrain_steps.
+        critic_sched = torch.optim.lr_scheduler.LambdaLR(
+            critic_opt, lambda s: lr_multiplier(config, config.pretrain_steps + s))
     if state is not None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -213,11 +213,14 @@ def build_split(split: str, n: int, out: Path, pool: futures.Executor, fitted: t
             _check_or_cancel(check_background, jobs)
     rows.sort(key=lambda r: r["index"])
     labelled = split != "unlabeled"
-    tgt.finish_capture(tmp, folder, [r["uvd"] for r in rows] if labelled else None, meta)
+    tgt.finish_capture(tmp, [r["uvd"] for r in rows] if labelled else None, meta)
     try:
-        tgt.load_capture(folder)  # as the runner will read it
+        tgt.load_capture(tmp)  # as the runner will read it, before it takes the folder's name
     except ValueError as err:
         raise BuildError(f"{folder}: the capture does not load: {err}") from None
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
     return rows
 
 

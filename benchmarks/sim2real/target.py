@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,8 +357,8 @@ def rig_views(rig: tuple[np.ndarray, ...]) -> list[dict]:
     return out
 
 
-def finish_capture(tmp: Path, out: Path, labels_uvd: list[np.ndarray] | None, meta: dict) -> None:
-    """Complete a capture folder whose frames are in `tmp` (training.captures format), then rename it to `out`."""
+def finish_capture(tmp: Path, labels_uvd: list[np.ndarray] | None, meta: dict) -> None:
+    """Complete the capture folder `tmp` whose frames are written (training.captures format)."""
     capture = {"sensor": meta.get("sensor", ""), "intrinsics": NYU_KINECT.to_dict(), "depth_encoding": "uint16",
                "depth_scale_mm": 1.0, "hand": "right"}
     if labels_uvd is not None:
@@ -368,9 +367,6 @@ def finish_capture(tmp: Path, out: Path, labels_uvd: list[np.ndarray] | None, me
         capture.update(labels="labels_uvd.txt", label_joints="nyu14")
     capture.update({k: v for k, v in meta.items() if k != "sensor"})
     (tmp / "capture.json").write_text(json.dumps(capture, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
 
 
 LOCATE_TOLERANCE_MM = 40.0
