@@ -82,7 +82,23 @@ def test_simgan_buffer_survives_resume_and_refiner_learns(data):
 def test_refiner_starts_as_identity():
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     x[0, 0, :4] = 1.0   # far plane
-    assert torch.allclose(Refiner(8, 2)(x), x.clamp(-0.999, 0.999), atol=1e-5)
+    assert torch.allclose(Refiner(8, 2)(x), x, atol=1e-5)
+
+
+def test_refined_background_stays_background():
+    """A small residual (one Adam step on the last bias) leaves far-plane patches out of the
+    discriminator's loss and the background next to real background (they once turned every
+    patch into 'content' and sat 1e-3 in front of the far plane)."""
+    from training.simgan import content
+    x = torch.ones(2, 1, 64, 64)
+    x[:, :, 20:30, 20:30] = 0.0
+    refiner = Refiner(8, 2)
+    for bias in (-1e-3, 1e-3, -0.1):
+        with torch.no_grad():
+            refiner.out.bias.fill_(bias)
+        refined = refiner(x)
+        assert torch.equal(content(refined), content(x))
+        assert float((1 - refined[:, :, 40:, 40:]).abs().max()) < 1e-5
 
 
 def test_history_buffer_mixes_old_and_new():

@@ -34,6 +34,12 @@ from training.config import TrainConfig
 from training.methods import Method, register, sq_sum
 
 
+# The refiner carries crop values through atanh, so the far plane (1) enters as 1 - PLANE_EPS: close
+# enough that refined background stays background for `content` (1e-3) under any small residual,
+# and is no cue for the discriminator against real background (exactly 1).
+PLANE_EPS = 1e-6
+
+
 class ResBlock(nn.Module):
     def __init__(self, ch: int) -> None:
         super().__init__()
@@ -56,7 +62,7 @@ class Refiner(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.out(self.blocks(F.relu(self.stem(x))))
-        return torch.tanh(torch.atanh(x.float().clamp(-0.999, 0.999)) + residual.float()).to(x.dtype)
+        return torch.tanh(torch.atanh(x.float().clamp(-1 + PLANE_EPS, 1 - PLANE_EPS)) + residual.float()).to(x.dtype)
 
 
 class PatchDiscriminator(nn.Module):

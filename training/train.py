@@ -135,18 +135,23 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 # --- devices and processes ---------------------------------------------------------------------
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts the process group under torchrun."""
+def _wants_cuda(config: TrainConfig) -> bool:
+    return config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+
+
+def _distributed(config: TrainConfig) -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts the process group under torchrun, with the backend
+    of the device the run trains on (NCCL cannot carry CPU tensors)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, 0
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if _wants_cuda(config) else "gloo")
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
-    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+    if _wants_cuda(config):
         if not torch.cuda.is_available():
             raise TrainingError("--device cuda: torch sees no CUDA device")
         torch.cuda.set_device(local_rank)
@@ -206,7 +211,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     config.validate()
     method_cls = method_class(config.method)
     method_cls.check(config)
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank = _distributed(config)
     master = rank == 0
     out = Path(out)
     ckpt_path = out / "checkpoint.pt"
