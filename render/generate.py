@@ -229,6 +229,14 @@ def _init_worker(config: RenderConfig, progress, threads: int | None = None) -> 
     _worker, _progress = Synthesizer(config), progress
 
 
+WORKER_STARTED = -1   # what a pool worker puts on the progress queue once it is ready
+
+
+def _init_pool_worker(config: RenderConfig, progress) -> None:
+    _init_worker(config, progress, threads=1)
+    progress.put(WORKER_STARTED)
+
+
 def _render_shard(out: str, shard: int) -> dict:
     lo, hi = _worker.config.shard_range(shard)
     with ShardWriter(Path(out), shard) as writer:
@@ -287,21 +295,32 @@ def _render(job: Job, pending: list[int], workers: int, show_progress: bool) -> 
         # (A Ctrl-C in the milliseconds the pool takes to start is ignored.)
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, progress, 1))
+            pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(cfg, progress))
         finally:
             signal.signal(signal.SIGINT, previous)
+        started = 0
         with pool:
             results = {s: pool.apply_async(_render_shard, (str(job.out), s)) for s in pending}
             while results:
                 try:
-                    bar.update(progress.get(timeout=0.5))
+                    item = progress.get(timeout=0.5)
                 except queue.Empty:
-                    pass
+                    item = 0
+                if item == WORKER_STARTED:
+                    started += 1
+                    # The pool replaces a worker that died (the system killed it, for memory say),
+                    # but the shard it was rendering never returns: stop rather than wait for ever.
+                    if started > workers:
+                        raise RuntimeError(f"{job.out}: a render worker process died (killed by the system? out "
+                                           f"of memory?); finished shards are kept: run the same command again "
+                                           f"to resume")
+                else:
+                    bar.update(item)
                 for shard in [s for s, r in results.items() if r.ready()]:
                     write_json(job.record_path(shard), results.pop(shard).get())
             while True:
                 try:
-                    bar.update(progress.get_nowait())
+                    bar.update(max(progress.get_nowait(), 0))
                 except queue.Empty:
                     break
     bar.close()

@@ -147,6 +147,44 @@ def test_sigterm_stops_the_workers_and_the_run_resumes(tmp_path):
     assert sorted(out.glob("*.tar*")) + sorted(out.glob(".*.tar*")) == shards, "workers still writing"
 
 
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append((int(stat.parent.name), cmdline))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the workers")
+def test_a_worker_killed_for_memory_stops_the_run(tmp_path):
+    """The pool replaces a worker the system killed, but the shard it was rendering never comes
+    back: the run stops with one line instead of waiting for ever."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "render.cli", *BASE, "--n", "2000", "--shard-size", "4", "--out", str(out),
+           "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while len(list(out.glob("shard-*.tar"))) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        workers = [p for p, cmdline in _children(proc.pid) if "spawn_main" in cmdline]
+        assert len(workers) == 2, _children(proc.pid)
+        os.kill(workers[0], signal.SIGKILL)   # what the out-of-memory killer does
+        err = proc.communicate(timeout=90)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and "a render worker process died" in err.strip().splitlines()[-1], err
+
+
 def test_a_finished_dataset_rerun_keeps_its_manifest(tmp_path, capsys):
     out = tmp_path / "done"
     assert _run(out) == 0
