@@ -161,8 +161,12 @@ class HandModel(torch.nn.Module):
         shaped = self.v_template + blend_shapes(betas.to(dtype), self.shapedirs)
         j16, transforms = batch_rigid_transform(rot, vertices2joints(self.J_regressor, shaped), self.parents, dtype)
         ids = torch.cat([self.tip_ids, self.wrist_ids])
+        # Pose correctives of those vertices, as lbs adds them to the whole mesh (MANO's files have them).
+        pose_feature = (rot[:, 1:] - torch.eye(3, dtype=dtype, device=rot.device)).reshape(batch, -1)
+        columns = (ids[:, None] * 3 + torch.arange(3, device=ids.device)).reshape(-1)
+        posed = shaped[:, ids] + (pose_feature @ self.posedirs[:, columns]).reshape(batch, -1, 3)
         skin = torch.einsum("vj,njab->nvab", self.lbs_weights[ids], transforms)
-        picked = torch.nn.functional.pad(shaped[:, ids], (0, 1), value=1.0)
+        picked = torch.nn.functional.pad(posed, (0, 1), value=1.0)
         verts = torch.einsum("nvab,nvb->nva", skin, picked)[..., :3]
         if transl is not None:
             offset = transl.reshape(batch, 1, 3).to(dtype)

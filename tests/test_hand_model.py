@@ -60,6 +60,21 @@ def test_keypoints_match_full_skinning(open_hand):
     assert torch.allclose(full.nyu14, fast.nyu14, atol=1e-6)
 
 
+def test_keypoints_match_full_skinning_with_pose_correctives(tmp_path):
+    """MANO's files carry pose corrective shapes (the open hand has none): the fast keypoints,
+    which fitting and the collision test use, must add them as the full skinning does."""
+    arrays = _mano_like_arrays()
+    without = HandModel(arrays, "mano-like", "", tmp_path / "mano-like.npz")
+    arrays["posedirs"] = np.random.default_rng(0).normal(0, 1e-3, (778, 3, 135))
+    model = HandModel(arrays, "mano-like", "", tmp_path / "mano-like.npz")
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(4, 15, 3, generator=g) * 0.5, torch.randn(4, model.num_betas, generator=g))
+    full, fast = model(*args), model.keypoints(*args)
+    assert (full.joints - without(*args).joints).abs().max() > 2e-3   # the correctives move the tips
+    assert torch.allclose(full.joints, fast.joints, atol=1e-6)
+    assert torch.allclose(full.nyu14, fast.nyu14, atol=1e-6)
+
+
 def test_global_orient_rotates_about_wrist(open_hand):
     orient = torch.tensor([[0.0, 0.0, np.pi / 2]])
     rest, turned = open_hand(torch.zeros(1, 15, 3)), open_hand(torch.zeros(1, 15, 3), global_orient=orient)
