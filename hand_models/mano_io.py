@@ -23,7 +23,7 @@ _ALLOWED = {
     ("copyreg", "_reconstructor"), ("builtins", "object"),
     ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
 }
-_SPARSE = {"csc_matrix", "csr_matrix", "coo_matrix"}
+_SPARSE = {"csc_matrix", "csr_matrix"}   # MANO's J_regressor; both can check their index arrays
 
 
 class _ChumpyArray:
@@ -59,6 +59,9 @@ def _to_numpy(value):
             raise ValueError("a chumpy object without a value")
         return np.asarray(value.value)
     if hasattr(value, "toarray"):  # scipy sparse
+        # Its index arrays come from the file: toarray trusts them and reads out of bounds (a crash)
+        # where they are wrong, so they are checked first.
+        value.check_format(full_check=True)
         return value.toarray()
     return value
 
@@ -91,12 +94,12 @@ def read_model_arrays(path: Path) -> dict:
             data = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
         except _Refused as err:
             raise ValueError(f"{path}: {err}") from None
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as err:
+        except Exception as err:   # damaged bytes raise any kind; the unpickler above runs no code
             raise ValueError(f"{path}: not a readable MANO pickle ({type(err).__name__}: {err})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a MANO pickle holds a dict, this one a {type(data).__name__}")
         try:
             return {k: _to_numpy(v) for k, v in data.items()}
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        except (ValueError, TypeError, MemoryError) as err:
+            raise ValueError(f"{path}: {type(err).__name__}: {err}") from None
     raise ValueError(f"{path}: unknown model format (expected .pkl or .npz)")

@@ -159,6 +159,23 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
+def test_pickle_with_bad_sparse_indices_or_encoding_is_refused(tmp_path):
+    """A sparse matrix whose index arrays point outside it crashed the process in toarray; an
+    unknown string encoding in the pickle gave a traceback. Both are one ValueError naming the file."""
+    regressor = scipy.sparse.csc_matrix(np.eye(4))
+    regressor.indptr = np.array([0, 1, 5_000_000, 3, 4], dtype=regressor.indptr.dtype)
+    path = tmp_path / "bad_sparse.pkl"
+    path.write_bytes(pickle.dumps({"J_regressor": regressor}, protocol=2))
+    with pytest.raises(ValueError, match=r"bad_sparse\.pkl: ValueError: .*indptr"):
+        HandModel.load(path)
+    path = tmp_path / "bad_encoding.pkl"
+    raw = pickle.dumps({"v_template": np.zeros((2, 3))}, protocol=2)
+    assert b"latin1" in raw
+    path.write_bytes(raw.replace(b"latin1", b"latinX"))
+    with pytest.raises(ValueError, match=r"bad_encoding\.pkl: not a readable MANO pickle \(LookupError"):
+        HandModel.load(path)
+
+
 @pytest.mark.parametrize("problem", ["missing", "truncated", "not_zip", "damaged", "no_weights", "bad_faces", "text"])
 def test_broken_model_files_give_clear_errors(tmp_path, problem):
     arrays = _mano_like_arrays()
