@@ -82,6 +82,15 @@ class HandModel(torch.nn.Module):
             raise ValueError(f"{path}: no 'tip_vertex_ids' and not the 778-vertex MANO mesh")
         if tips.shape != (5,) or tips.min() < 0 or tips.max() >= n:
             raise ValueError(f"{path}: tip_vertex_ids must be 5 vertex indices")
+        # The pose prior flexes fingers towards the side the thumb opposes from; a left hand (MANO_LEFT),
+        # a mirror image, would have every finger bent backwards.
+        j16 = regressor @ v
+        index, pinky, thumb_ip = j16[1] - j16[0], j16[7] - j16[0], j16[15] - j16[0]   # about the wrist
+        palmar = np.cross(index, pinky) @ thumb_ip
+        if palmar < -0.05 * np.linalg.norm(index) * np.linalg.norm(pinky) * np.linalg.norm(thumb_ip):
+            raise ValueError(f"{path}: a left hand (the thumb lies behind the palm of a right hand's joint "
+                             f"layout); the hand model must be a right hand, e.g. MANO_RIGHT.pkl "
+                             f"(left-hand captures are mirrored instead)")
         parents = kintree[0].astype(np.int64)
         parents[0] = -1
         if np.any(parents[1:] < 0) or np.any(parents[1:] >= np.arange(1, 16)):
@@ -99,7 +108,7 @@ class HandModel(torch.nn.Module):
         self.register_buffer("lbs_weights", torch.tensor(weights, **f32))
         self.register_buffer("parents", torch.tensor(parents))
         self.register_buffer("tip_ids", torch.tensor(tips))
-        self.register_buffer("wrist_ids", torch.tensor(self._wrist_side_vertices(v, regressor @ v)))
+        self.register_buffer("wrist_ids", torch.tensor(self._wrist_side_vertices(v, j16)))
 
     @classmethod
     def load(cls, spec: str | Path = "open") -> "HandModel":

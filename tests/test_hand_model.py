@@ -159,6 +159,18 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
+def test_a_left_hand_model_is_refused(tmp_path):
+    """A mirror image of a right hand (as MANO_LEFT is of MANO_RIGHT) would be posed with every
+    finger bent backwards by the prior."""
+    arrays = dict(np.load(OPEN_HAND))
+    HandModel(arrays, "right", "", tmp_path / "right.npz")
+    flip = np.array([1.0, -1.0, 1.0])
+    left = dict(arrays, v_template=arrays["v_template"] * flip, shapedirs=arrays["shapedirs"] * flip[:, None],
+                f=arrays["f"][:, ::-1])
+    with pytest.raises(ValueError, match=r"left\.npz: a left hand .* must be a right hand"):
+        HandModel(left, "left", "", tmp_path / "left.npz")
+
+
 def test_pickle_with_bad_sparse_indices_or_encoding_is_refused(tmp_path):
     """A sparse matrix whose index arrays point outside it crashed the process in toarray; an
     unknown string encoding in the pickle gave a traceback. Both are one ValueError naming the file."""
