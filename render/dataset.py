@@ -196,7 +196,7 @@ class Synthesizer:
         rng = np.random.default_rng([cfg.seed, index, 1])
         fa = None
         if cfg.forearm:
-            fa = forearm_mod.ForearmParams.sample(rng)
+            fa = forearm_mod.orient(joints, forearm_mod.ForearmParams.sample(rng))
             verts = np.concatenate([verts, forearm_mod.forearm_mesh(joints, fa)])
         pivot = nyu14[NYU14_NAMES.index("palm_center")]
         rel = verts - pivot

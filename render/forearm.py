@@ -12,7 +12,7 @@ cube of the standard NYU crop around the palm centre, so crops look like real on
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -74,26 +74,39 @@ _PHI = np.linspace(0.0, 2 * np.pi, SEGMENTS, endpoint=False)
 _COS, _SIN = np.cos(_PHI), np.sin(_PHI)
 
 
-def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
-    """Vertices (RINGS * SEGMENTS + 2, 3) of the stub for one posed hand; faces are FACES.
-
-    `joints` are the 21 joints (metres) in hand_models.joints order; the stub only uses the wrist
-    and the index, middle and pinky knuckles, so it follows the hand wherever the pose puts it.
-    """
+def _hand_frame(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, float]:
+    """Wrist, unit direction wrist -> middle knuckle and its length, unit direction across the
+    knuckles (pinky -> index, orthogonal to the first) and the knuckle width."""
     wrist = joints[JOINT_INDEX["wrist"]]
     palm_dir = joints[JOINT_INDEX["middle_mcp"]] - wrist
     palm_len = math.sqrt(palm_dir @ palm_dir)
     palm_dir = palm_dir / palm_len
     across = joints[JOINT_INDEX["index_mcp"]] - joints[JOINT_INDEX["pinky_mcp"]]
     knuckle_width = math.sqrt(across @ across)
-    across = _unit(across - palm_dir * (across @ palm_dir))
-    normal = _cross(palm_dir, across)  # through the palm
+    return wrist, palm_dir, palm_len, _unit(across - palm_dir * (across @ palm_dir)), knuckle_width
+
+
+def orient(joints: np.ndarray, params: ForearmParams) -> ForearmParams:
+    """`params` with the wrist bent the other way where the drawn bend would send the arm up
+    towards a third-person camera (+z forward) rather than back towards the body. Record these:
+    they are the ones the mesh is built from."""
+    _, palm_dir, _, across, _ = _hand_frame(joints)
     axis = _rotate(-palm_dir, across, params.flexion_deg)
     if axis[2] < -palm_dir[2] and axis[2] < 0:
-        # The wrist bends the other way: seen by a third-person camera (+z forward) the arm goes
-        # back towards the body rather than up to the camera.
-        axis = _rotate(-palm_dir, across, -params.flexion_deg)
-    axis = _rotate(axis, normal, params.deviation_deg)
+        return replace(params, flexion_deg=-params.flexion_deg)
+    return params
+
+
+def forearm_mesh(joints: np.ndarray, params: ForearmParams) -> np.ndarray:
+    """Vertices (RINGS * SEGMENTS + 2, 3) of the stub for one posed hand with these (oriented)
+    params; faces are FACES.
+
+    `joints` are the 21 joints (metres) in hand_models.joints order; the stub only uses the wrist
+    and the index, middle and pinky knuckles, so it follows the hand wherever the pose puts it.
+    """
+    wrist, palm_dir, palm_len, across, knuckle_width = _hand_frame(joints)
+    normal = _cross(palm_dir, across)  # through the palm
+    axis = _rotate(_rotate(-palm_dir, across, params.flexion_deg), normal, params.deviation_deg)
     side = _unit(across - axis * (across @ axis))
     up = _cross(axis, side)
 

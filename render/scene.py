@@ -16,7 +16,7 @@ front faces the camera.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -175,7 +175,7 @@ def scene_meshes(joints: np.ndarray, palm: np.ndarray, p: SceneParams) -> list[t
     the upper arm's radius; the upper arm, a little thicker than the forearm at the elbow, runs
     from there to the shoulder.
     """
-    arm = p.arm
+    arm = forearm_mod.orient(joints, p.arm)
     wrist = joints[JOINT_INDEX["wrist"]]
     verts = forearm_mod.forearm_mesh(joints, arm)
     elbow = verts[-1]
@@ -183,7 +183,7 @@ def scene_meshes(joints: np.ndarray, palm: np.ndarray, p: SceneParams) -> list[t
     near = MIN_DEPTH_M + radius
     if elbow[2] < near and elbow[2] < wrist[2]:
         length = arm.length * max(wrist[2] - near, 0.0) / (wrist[2] - elbow[2])
-        arm = forearm_mod.ForearmParams(max(length, 0.05), arm.flexion_deg, arm.deviation_deg, arm.width_scale)
+        arm = replace(arm, length=max(length, 0.05))
         verts = forearm_mod.forearm_mesh(joints, arm)
         elbow = verts[-1]
     meshes = [(verts, forearm_mod.FACES),

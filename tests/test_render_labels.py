@@ -142,6 +142,24 @@ def test_forearm_is_closed_and_outward_facing():
         assert mesh.is_watertight and mesh.volume > 0
 
 
+def test_recorded_forearm_rebuilds_the_rendered_forearm():
+    """A label's forearm parameters are the ones the mesh was built from: the wrist bend drawn
+    towards the camera is flipped before building, and the flipped bend is what is recorded."""
+    synth = Synthesizer(RenderConfig(n=64, seed=1))
+    try:
+        posed = synth.pose_chunk(0, 64)
+    finally:
+        synth.close()
+    flipped = 0
+    for p in posed:
+        params = forearm.ForearmParams(**p.forearm)
+        arm = p.vertices[-len(forearm.forearm_mesh(p.joints, params)):]
+        assert np.allclose(forearm.forearm_mesh(p.joints, params), arm, atol=1e-9)
+        drawn = forearm.ForearmParams.sample(np.random.default_rng([1, p.index, 1]))
+        flipped += drawn.flexion_deg != params.flexion_deg
+    assert flipped > 0   # the samples include bends taken the other way
+
+
 def test_kinect_sensor_changes_depth_not_labels():
     clean = _decoded(RenderConfig(n=4, seed=2))
     kinect = _decoded(RenderConfig(n=4, seed=2, sensor="kinect"))
