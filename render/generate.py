@@ -16,6 +16,7 @@ same command finishes exactly the missing shards.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import multiprocessing as mp
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
-from render.atomic import check_writable, write_json
+from render.atomic import check_writable, write_atomically, write_json
 from render.dataset import GENERATOR, GENERATOR_VERSION, POSE_BLOCK, RenderConfig
 from render.jsonfile import read_json_object
 from render.shards import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, ShardRecord, ShardWriter, check_manifest,
@@ -106,9 +107,9 @@ def existing_identity(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise JobError(f"{path}: unreadable dataset record; use --overwrite to start afresh") from None
+        return read_json_object(path, "dataset record")
+    except ValueError as err:
+        raise JobError(f"{err}; use --overwrite to start afresh") from None
 
 
 def _owned(out: Path) -> list[Path]:
@@ -436,7 +437,15 @@ def merge(out: Path, sources: list[Path]) -> dict:
     if moves:
         out.mkdir(parents=True, exist_ok=True)
     for src, dst in moves:
-        shutil.move(str(src), dst)
+        try:
+            os.replace(src, dst)   # one filesystem: a rename
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            # Across filesystems: a copy under a temporary name, so no half shard takes the real
+            # name; the source goes only once the copy is whole (a rerun finds one or the other).
+            write_atomically(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
+            src.unlink()
     folder0, _, base = seen[0]
     manifest = {k: v for k, v in base.items() if k != "slice"}   # slice 0's command and settings
     if isinstance(manifest.get("poses"), dict) and isinstance(manifest["poses"].get("file"), str):   # named from the merged folder now

@@ -155,7 +155,9 @@ def check_manifest(manifest: dict, path: Path) -> dict:
         raise ValueError(f"{path}: format version {manifest.get('format_version')} is not "
                          f"{FORMAT_VERSION}")
     try:   # every reader trusts these fields: checked once, here
-        for record in manifest.get("shards", []):
+        if not isinstance(manifest["shards"], list):
+            raise ValueError(f"expected a list of shard records, got {manifest['shards']!r:.60}")
+        for record in manifest["shards"]:
             name = record.get("name")
             if not isinstance(name, str) or not re.fullmatch(r"[^/\\.][^/\\]*\.tar", name):
                 raise ValueError(f"expected a shard's file name in the dataset folder, got {name!r}")

@@ -17,7 +17,7 @@ import pytest
 from hand_models.joints import JOINT_NAMES
 from render.cli import main
 from render.gl import choose_backend
-from render.shards import iter_samples, iter_shard, read_manifest
+from render.shards import FORMAT_NAME, FORMAT_VERSION, check_manifest, iter_samples, iter_shard, read_manifest
 
 choose_backend()
 BASE = ["--n", "40", "--shard-size", "16", "--seed", "3", "--quiet"]
@@ -324,6 +324,21 @@ def test_folder_rendered_by_other_code_refused_unless_overwrite(reference, tmp_p
     assert _hashes(out) == _hashes(reference)
 
 
+def test_damaged_state_files_are_one_line(tmp_path, capsys):
+    """A dataset record that is JSON but not an object, and a manifest without its shard list:
+    one line naming the file, no traceback."""
+    out = tmp_path / "damaged"
+    assert _run(out) == 0
+    record = out / ".render-hands" / "dataset.json"
+    record.write_text("[1, 2]")
+    capsys.readouterr()
+    assert _run(out) == 2
+    assert capsys.readouterr().err == (f"render-hands: error: {record}: dataset record must be a JSON object; "
+                                       f"use --overwrite to start afresh\n")
+    with pytest.raises(ValueError, match=r"manifest.json: malformed manifest \(KeyError: 'shards'\)"):
+        check_manifest({"format": FORMAT_NAME, "format_version": FORMAT_VERSION}, out / "manifest.json")
+
+
 def test_slices_merge_into_the_whole_dataset(reference, tmp_path):
     shared, apart = tmp_path / "shared", tmp_path / "apart"
     assert _run(shared, "--shard-index", "0", "--num-shards", "2") == 0
@@ -334,6 +349,29 @@ def test_slices_merge_into_the_whole_dataset(reference, tmp_path):
     assert main(["merge", str(shared), str(apart)]) == 0
     assert _hashes(shared) == _hashes(reference)
     assert len(list(iter_samples(shared, verify=True))) == 40
+
+
+def test_merge_across_filesystems_copies_under_a_temporary_name(reference, tmp_path, monkeypatch):
+    """Where a rename cannot cross filesystems, each shard is copied to a temporary name and renamed,
+    and its source removed after: no half shard ever has the real name."""
+    import errno
+
+    shared, apart = tmp_path / "shared", tmp_path / "apart"
+    assert _run(shared, "--shard-index", "0", "--num-shards", "2") == 0
+    assert _run(apart, "--shard-index", "1", "--num-shards", "2") == 0
+    real_replace, renamed = os.replace, []
+
+    def replace(src, dst):
+        if Path(src).parent != Path(dst).parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        renamed.append(Path(src).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(["merge", str(shared), str(apart)]) == 0
+    assert not list(apart.glob("shard-*.tar"))   # sources removed once copied
+    assert any(name.startswith(".shard-") for name in renamed)   # through a temporary name
+    assert _hashes(shared) == _hashes(reference)
 
 
 def test_slices_of_a_pose_file_merge_from_folders_at_any_depth(tmp_path, monkeypatch):
