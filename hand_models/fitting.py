@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .joints import JOINT_NAMES, NYU14_NAMES
 from .model import HandModel
-from .prior import PoseBatch, PosePrior
+from .prior import PoseBatch, PosePrior, matrix_to_rotvec
 
 # Joints that move little with finger articulation: used for the initial rigid alignment.
 _ANCHORS = {"nyu14": ["wrist_ulnar", "wrist_radial", "palm_center", "index_pip", "middle_pip", "ring_pip", "pinky_pip"],
@@ -44,11 +44,6 @@ def _rot6d(x: torch.Tensor) -> torch.Tensor:
     e1 = torch.nn.functional.normalize(a, dim=-1)
     e2 = torch.nn.functional.normalize(b - (e1 * b).sum(-1, keepdim=True) * e1, dim=-1)
     return torch.stack([e1, e2, torch.cross(e1, e2, dim=-1)], -1)
-
-
-def _matrix_to_axis_angle(R: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-    return Rotation.from_matrix(R).as_rotvec()
 
 
 def fit(model: HandModel, prior: PosePrior, targets: np.ndarray, joint_set: str = "nyu14",
@@ -123,7 +118,7 @@ def _fit_chunk(model, prior, target, names, joint_set, fit_shape, steps, lr, bar
         # The model pivots about its shaped wrist, the fit pivoted about the mean-shape wrist.
         shift = model.keypoints(torch.zeros(n, 15, 3), betas).joints[:, 0] - wrist
         transl = transl + torch.einsum("nab,nb->na", Rm, shift) - shift
-    orient = _matrix_to_axis_angle(Rm.detach().numpy())
+    orient = matrix_to_rotvec(Rm.detach().numpy())
     poses = PoseBatch(hand_pose.detach().numpy().astype(np.float32), betas.detach().numpy().astype(np.float32),
                       orient.astype(np.float32))
     return FitResult(poses, transl.detach().numpy(), residual)

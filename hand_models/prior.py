@@ -83,7 +83,7 @@ def _rotvec_to_matrix(v: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
 
 
-def _matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
+def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
     from scipy.spatial.transform import Rotation
     return Rotation.from_matrix(R.reshape(-1, 3, 3)).as_rotvec().reshape(R.shape[:-2] + (3,))
 
@@ -203,7 +203,7 @@ class PosePrior:
             ok = fingers_away <= self.max_fingers_away
             out[todo[ok]] = R[ok]
             todo = todo[~ok]
-        return _matrix_to_rotvec(out)
+        return matrix_to_rotvec(out)
 
     def sample(self, n: int, rng: np.random.Generator) -> PoseBatch:
         """n poses that pass the collision test (rejection sampling)."""
@@ -225,7 +225,7 @@ class PosePrior:
         """Small variations of given poses (e.g. a fitted pose library), kept within the limits."""
         angles = self.clip(self.anatomical(batch.hand_pose) + rng.normal(0, angle_sd_deg * D, batch.hand_pose.shape))
         noise = _rotvec_to_matrix(rng.normal(0, orient_sd_deg * D, (len(batch), 3)))
-        orient = _matrix_to_rotvec(noise @ _rotvec_to_matrix(batch.global_orient.astype(np.float64)))
+        orient = matrix_to_rotvec(noise @ _rotvec_to_matrix(batch.global_orient.astype(np.float64)))
         return PoseBatch(self.from_anatomical(angles).astype(np.float32), batch.betas.copy(),
                          orient.astype(np.float32))
 

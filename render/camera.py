@@ -83,9 +83,6 @@ class Intrinsics:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def matrix(self) -> np.ndarray:
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-
     def outside(self, uv: np.ndarray) -> np.ndarray:
         """Which points (..., 2 or 3: u, v first) lie off the image's pixel centres 0..width-1, 0..height-1."""
         uv = np.asarray(uv)

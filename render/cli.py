@@ -11,7 +11,6 @@ The format is described in docs/data_format.md, the rendering in docs/rendering.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shlex
 import signal
@@ -22,6 +21,7 @@ from pathlib import Path
 from render import generate
 from render.arguments import OneLineParser, non_negative_int, one_line_warnings, positive_int
 from render.dataset import POSE_BLOCK, SENSORS, RenderConfig, load_camera
+from render.shards import sha256_file
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
@@ -93,10 +93,6 @@ def merge_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build_job(args: argparse.Namespace, argv: list[str]) -> generate.Job:
     """Validate every input (camera, model, poses, folder) before anything is written."""
     camera, camera_source = load_camera(args.camera)
@@ -110,7 +106,7 @@ def build_job(args: argparse.Namespace, argv: list[str]) -> generate.Job:
     if args.poses != "prior":
         from hand_models.poses import load_pose_file
         load_pose_file(args.poses, model.num_betas)  # refuse a malformed file before any work
-        poses_checksum = _sha256(Path(args.poses))
+        poses_checksum = sha256_file(Path(args.poses))
     identity = config.identity(model.name, model.checksum, poses_checksum)
     part = generate.Slice.of(config.num_shards, args.shard_index, args.num_shards)
     return generate.prepare(config, args.out, identity, part, shlex.join(["render-hands", *argv]),
