@@ -4,6 +4,7 @@ predict + hand-eval, NaN stop, refused inputs."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,16 @@ def test_plot_draws_every_logged_term(trained, tmp_path, monkeypatch, method):
                                       "critic")] == [0, 1, 1, 1, 2, 2, 2]
 
 
+def test_plot_of_a_damaged_run_is_one_line(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained["supervised"], run)
+    (run / "config.json").write_text("[]")
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 2
+    assert capsys.readouterr().err == (f"train-mapping plot: error: {run}: cannot plot ({run / 'config.json'}: "
+                                       f"run config must be a JSON object)\n")
+
+
 def test_predict_and_hand_eval_round_trip(trained, data, tmp_path, capsys):
     run = trained["murauer"]
     pred = tmp_path / "pred.txt"
@@ -263,6 +274,10 @@ def test_resume_continues_exactly(data, tmp_path):
     train = lambda run: [{k: v for k, v in r.items() if k != "samples_per_s"}  # noqa: E731
                          for r in _records(run) if "train/loss" in r]
     assert train(straight) == train(resumed)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = EventAccumulator(str(resumed / "tb"))
+    tb.Reload()
+    assert [e.step for e in tb.Scalars("train/loss")] == list(range(1, 8))   # step 5 too, logged before the stop
 
 
 def test_resume_refuses_other_settings(data, tmp_path, capsys):
@@ -699,6 +714,8 @@ def test_config_and_schedule():
         TrainConfig.from_dict({"learning_rate": 1.0})
     with pytest.raises(ConfigError, match="decoder_channels"):
         TrainConfig.from_dict({"synthetic": "x", "crop_size": 64}).validate()
+    with pytest.raises(ConfigError, match=r"stage_channels must be positive integers, got \[16.5, 16, 32, 32\]"):
+        TrainConfig.from_dict({"synthetic": "x", "stage_channels": [16.5, 16, 32, 32]}).validate()
     c = TrainConfig()
     assert (c.lr, c.weight_decay, c.batch_size) == (3.3e-4, 1e-3, 64)
     assert (c.w_pose_real, c.w_embedding, c.w_view, c.w_adversarial) == (1.0, 0.2, 1e-4, 1e-5)

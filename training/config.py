@@ -121,6 +121,10 @@ class TrainConfig:
              f"decoder_channels needs log2(crop_size / 8) = {levels:g} entries for crop_size {self.crop_size}, "
              f"got {len(self.decoder_channels)}")
         need(len(self.stage_channels) == 4, "stage_channels must have 4 entries (one per stride-2 stage)")
+        for key in ("stage_channels", "decoder_channels"):
+            values = getattr(self, key)
+            need(all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values),
+                 f"{key} must be positive integers, got {list(values)}")
         need(self.joints in ("nyu14", "21"), f"joints must be nyu14 or 21, got {self.joints!r}")
         need(self.view_target in (1, 2), f"view_target must be 1 (top) or 2 (side), got {self.view_target}")
         need(self.n_labeled >= 0, f"n_labeled must be >= 0, got {self.n_labeled}")

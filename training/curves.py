@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from render.jsonfile import read_json_object
 from training.figures import save_figure
 
 PANELS = ("pose (summed squared error, normalised units)", "the method's other terms (weighted)",
@@ -39,7 +40,7 @@ def plot_run(run: str | Path, path: str | Path, title: str | None = None) -> Non
     records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if "train/loss" in r]
     evals = [r for r in records if "eval_mean_error_mm" in r]
-    config = json.loads((run / "config.json").read_text())
+    config = read_json_object(run / "config.json", "run config")
     fig, axes = plt.subplots(1, len(PANELS) + 1, figsize=(4.2 * (len(PANELS) + 1), 3.8))
     terms = sorted({k[len("train/"):] for r in train for k in r if k.startswith("train/")} - {"loss"})
     for term in terms:

@@ -332,7 +332,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         _truncate_metrics(out / "metrics.jsonl", start_step)   # first: config.json alone is no run (a user's file)
         write_json(out / "config.json", config.to_dict())   # usable as --config as it stands
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"), purge_step=start_step)
+        # Resumed at start_step, whose records metrics.jsonl keeps: TensorBoard drops only the later ones.
+        writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1)
     metrics_file = open(out / "metrics.jsonl", "a") if master else None
 
     def log(record: dict) -> None:
