@@ -100,6 +100,8 @@ def read_model_arrays(path: Path) -> dict:
             raise ValueError(f"{path}: a MANO pickle holds a dict, this one a {type(data).__name__}")
         try:
             return {k: _to_numpy(v) for k, v in data.items()}
-        except (ValueError, TypeError, MemoryError) as err:
-            raise ValueError(f"{path}: {type(err).__name__}: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        except Exception as err:   # a sparse matrix missing its arrays, say
+            raise ValueError(f"{path}: not a readable MANO pickle ({type(err).__name__}: {err})") from None
     raise ValueError(f"{path}: unknown model format (expected .pkl or .npz)")

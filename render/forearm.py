@@ -27,8 +27,8 @@ class ForearmParams:
     """Per-sample forearm shape; angles in degrees, lengths in metres."""
 
     length: float
-    flexion_deg: float    # wrist bend towards the palm (+) or the back of the hand (-)
-    deviation_deg: float  # wrist bend towards the thumb (+) or the little finger (-)
+    flexion_deg: float    # the hand bent at the wrist towards its back (+, extension) or its palm (-)
+    deviation_deg: float  # the hand bent at the wrist towards the little finger (+) or the thumb (-)
     width_scale: float    # cross-section relative to the hand's knuckle width
 
     @classmethod

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
-from render.atomic import check_writable, write_atomically, write_json
+from render.atomic import check_writable, write_json
 from render.dataset import GENERATOR, GENERATOR_VERSION, POSE_BLOCK, RenderConfig
 from render.jsonfile import read_json_object
 from render.shards import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, ShardRecord, ShardWriter, check_manifest,
@@ -442,10 +442,7 @@ def merge(out: Path, sources: list[Path]) -> dict:
         except OSError as err:
             if err.errno != errno.EXDEV:
                 raise
-            # Across filesystems: a copy under a temporary name, so no half shard takes the real
-            # name; the source goes only once the copy is whole (a rerun finds one or the other).
-            write_atomically(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
-            src.unlink()
+            _copy_across(src, dst)
     folder0, _, base = seen[0]
     manifest = {k: v for k, v in base.items() if k != "slice"}   # slice 0's command and settings
     if isinstance(manifest.get("poses"), dict) and isinstance(manifest["poses"].get("file"), str):   # named from the merged folder now
@@ -456,6 +453,21 @@ def merge(out: Path, sources: list[Path]) -> dict:
     manifest["merged_from"] = [str(p) for _, p, _ in slices]
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _copy_across(src: Path, dst: Path) -> None:
+    """Move a shard to another filesystem: copied under ShardWriter's temporary name (which
+    --overwrite and resuming clean up), synced to disk, renamed; only then is the source removed,
+    so a crash leaves the source, and perhaps the finished copy, for a rerun to use."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    src.unlink()
 
 
 def _dataset_field(manifest: dict, key: str):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hand_models.joints import JOINT_NAMES
+from hand_models.joints import JOINT_INDEX, JOINT_NAMES
 from hand_models.model import HandModel
 from render import forearm
 from render.camera import NYU_KINECT, uvd_to_xyz
@@ -167,3 +167,25 @@ def test_kinect_sensor_changes_depth_not_labels():
         assert lk["sensor"] == "kinect"
         assert lc["joints_uvd"] == lk["joints_uvd"] and lc["crop_origin"] == lk["crop_origin"]
         assert not np.array_equal(dc[0], dk[0])
+
+
+def test_forearm_angles_mean_what_the_label_format_says():
+    """docs/data_format.md: flexion + bends the hand towards its back, deviation + towards the
+    little finger; seen from the hand, the arm then tilts to the back and to the little finger."""
+    from hand_models.prior import PosePrior
+
+    model = HandModel.load("open")
+    joints = model.rest_joints().double().numpy()
+    wrist, tip = joints[JOINT_INDEX["wrist"]], JOINT_INDEX["middle_tip"]
+    flexion = np.zeros((1, 15, 3))
+    flexion[..., 0] = 0.6   # every finger joint flexed
+    curled = model(torch.tensor(PosePrior(model).from_anatomical(flexion), dtype=torch.float32)).joints[0].numpy()
+    to_palm = curled[tip] - joints[tip]   # fingers curl towards the palm
+    to_pinky = joints[JOINT_INDEX["pinky_mcp"]] - joints[JOINT_INDEX["index_mcp"]]
+
+    def arm(flexion_deg: float, deviation_deg: float) -> np.ndarray:
+        params = forearm.ForearmParams(0.15, flexion_deg, deviation_deg, 0.9)
+        return forearm.forearm_mesh(joints, params)[-1] - wrist
+
+    assert (arm(20.0, 0.0) - arm(0.0, 0.0)) @ to_palm < 0
+    assert (arm(0.0, 20.0) - arm(0.0, 0.0)) @ to_pinky > 0

@@ -136,6 +136,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 # --- devices and processes ---------------------------------------------------------------------
 def _wants_cuda(config: TrainConfig) -> bool:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: torch sees no CUDA device")
     return config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
 
 
@@ -152,8 +154,6 @@ def _distributed(config: TrainConfig) -> tuple[int, int, int]:
 
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
     if _wants_cuda(config):
-        if not torch.cuda.is_available():
-            raise TrainingError("--device cuda: torch sees no CUDA device")
         torch.cuda.set_device(local_rank)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
