@@ -311,6 +311,7 @@ def _render(job: Job, pending: list[int], workers: int, show_progress: bool) -> 
                     started += 1
                     # The pool replaces a worker that died (the system killed it, for memory say),
                     # but the shard it was rendering never returns: stop rather than wait for ever.
+                    # (One that died starting up held no shard, and only its replacement announces.)
                     if started > workers:
                         raise RuntimeError(f"{job.out}: a render worker process died (killed by the system? out "
                                            f"of memory?); finished shards are kept: run the same command again "
