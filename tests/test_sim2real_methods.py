@@ -96,7 +96,7 @@ def test_refined_background_stays_background():
     for bias in (-1e-3, 1e-3, -0.1):
         with torch.no_grad():
             refiner.out.bias.fill_(bias)
-        refined = refiner(x)
+            refined = refiner(x)
         assert torch.equal(content(refined), content(x))
         assert float((1 - refined[:, :, 40:, 40:]).abs().max()) < 1e-5
 
