@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from render.jsonfile import read_json_object
 from training.figures import save_figure
 
