@@ -92,7 +92,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class HistoryBuffer(nn.Module):
     """Refined crops of earlier steps (Shrivastava et al. 2017, sec. 2.3), kept as module buffers
-    so that checkpoints carry them."""
+    so that checkpoints carry them. Under DistributedDataParallel every forward pass copies rank
+    0's buffers to the other ranks, so the history holds rank 0's crops: a sample of the same
+    refiner's output, since the refiner is the same on every rank."""
 
     def __init__(self, capacity: int, size: int) -> None:
         super().__init__()
