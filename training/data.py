@@ -340,12 +340,17 @@ def check_views(captures: list[Capture], name: str) -> None:
 
 def check_rig(capture: Capture, view: CaptureView,
               centres: Iterable[tuple[int, np.ndarray]] | None = None) -> None:
-    """Refuse a view whose extrinsics put the hand behind its camera, on the given frames (index,
-    hand centre uvd), by default those the depth-unit check looks at (Capture.hands_to_check)."""
+    """Refuse a view whose extrinsics put the hand behind its camera, or out of its image on every
+    one of the given frames (index, hand centre uvd; by default those the depth-unit check looks
+    at, Capture.hands_to_check): a hand that leaves the view now and then is a rig, one never in
+    it is a mistake, often a translation in metres where extrinsics_mm wants millimetres."""
     if centres is None:
         centres = [(i, location.centre_uvd) for i, location in capture.hands_to_check[0]]
-    for i, centre_uvd in centres:
-        view_centre(capture, i, view, centre_uvd)
+    carried = [view_centre(capture, i, view, centre_uvd) for i, centre_uvd in centres]
+    if carried and view.intrinsics.outside(xyz_to_uvd(np.array(carried), view.intrinsics)).all():
+        raise DataError(f"{capture.root / 'capture.json'}: view {view.name!r}: its extrinsics_mm put the hand outside "
+                        f"that camera's image on every frame checked (carried hand centre "
+                        f"{np.round(carried[0]).tolist()} mm); is the translation in metres, not millimetres?")
 
 
 def real_crop(capture: Capture, index: int, config: TrainConfig, augment: AugmentParams,
