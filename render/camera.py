@@ -17,7 +17,7 @@ import numpy as np
 from render.jsonfile import read_json_object
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     """A real number (numpy's included) that is finite as a float, not a bool: Python counts True
     as 1, a camera file must not."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -43,13 +43,13 @@ class Intrinsics:
         is the same size. Stores float focal lengths and centre, int size."""
         for name in ("fx", "fy", "cx", "cy"):
             value = getattr(self, name)
-            if not (_is_number(value) and (value > 0 or name in ("cx", "cy"))):
+            if not (is_number(value) and (value > 0 or name in ("cx", "cy"))):
                 kind = "a finite number" if name in ("cx", "cy") else "a positive number"
                 raise ValueError(f"intrinsics {name} must be {kind}, got {value!r}")
             object.__setattr__(self, name, float(value))
         for name in ("width", "height"):
             value = getattr(self, name)
-            if not (_is_number(value) and float(value).is_integer() and value > 0):
+            if not (is_number(value) and float(value).is_integer() and value > 0):
                 raise ValueError(f"intrinsics {name} must be a positive integer, got {value!r}")
             object.__setattr__(self, name, int(value))
         for name, size in (("cx", "width"), ("cy", "height")):

@@ -228,6 +228,10 @@ def test_real_sr305_with_wrong_unit_is_flagged(tmp_path):
     ({"hand": "both"}, "hand must be"),
     ({"intrinsics": {"fx": 475}}, "intrinsics lack"),
     ({"labels": "l.txt", "label_joints": "nyu36"}, "label_joints"),
+    # JSON values that are no valid key, or no float
+    ({"labels": "l.txt", "label_joints": ["nyu14"]}, "label_joints must be one of"),
+    ({"depth_scale_mm": 10**400}, "depth_scale_mm must be a positive number"),
+    ({"depth_scale_mm": float("nan")}, "depth_scale_mm must be a positive number"),
 ])
 def test_bad_capture_json(tmp_path, change, message):
     with pytest.raises(CaptureError, match=message):
@@ -353,6 +357,7 @@ def _write(root: Path, meta: dict) -> Path:
     ({"extrinsics_mm": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}, "extrinsics_mm must be a 4x4 rigid"),
     ({"extrinsics_mm": (2 * np.eye(4)).tolist()}, "extrinsics_mm must be a 4x4 rigid"),
     ({"extrinsics_mm": [[1, 0, 0, 0], [0, 1, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}, "extrinsics_mm must be a 4x4 rigid"),
+    ({"extrinsics_mm": [[1, 0, 0, 10**400], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}, "extrinsics_mm must be a 4x4 rigid"),
     ({"intrinsics": {"fx": 1}}, r"views\[0\]: intrinsics lack"),
     ({"frames": 1}, "side: 1 frames, the capture has 2"),
 ])

@@ -731,6 +731,9 @@ def test_config_and_schedule():
         TrainConfig.from_dict({"synthetic": "x", "crop_size": 64}).validate()
     with pytest.raises(ConfigError, match=r"stage_channels must be positive integers, got \[16.5, 16, 32, 32\]"):
         TrainConfig.from_dict({"synthetic": "x", "stage_channels": [16.5, 16, 32, 32]}).validate()
+    for value in (10**400, float("inf"), True):   # JSON integers have no size limit
+        with pytest.raises(ConfigError, match="lr must be a number"):
+            TrainConfig.from_dict({"lr": value})
     c = TrainConfig()
     assert (c.lr, c.weight_decay, c.batch_size) == (3.3e-4, 1e-3, 64)
     assert (c.w_pose_real, c.w_embedding, c.w_view, c.w_adversarial) == (1.0, 0.2, 1e-4, 1e-5)

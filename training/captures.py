@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from hand_models.joints import JOINT_NAMES, NYU14_NAMES
-from render.camera import Intrinsics
+from render.camera import Intrinsics, is_number
 from render.jsonfile import read_json_object
 from training.evaluate import load_uvd
 from training.crop import AugmentParams, Crop, CropConfig, crop_hand
@@ -353,7 +353,7 @@ def _rigid(value: object) -> np.ndarray | None:
     """A 4x4 rigid transform (rotation, translation, last row 0 0 0 1) as an array, else None."""
     try:
         t = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if t.shape != (4, 4) or not np.isfinite(t).all() or not np.allclose(t[3], [0, 0, 0, 1]):
         return None
@@ -412,7 +412,7 @@ def load_capture(root: str | Path, check_units: bool = True) -> Capture:
     except ValueError as err:
         raise CaptureError(f"{meta_path}: {err}") from None
     scale = meta.get("depth_scale_mm")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+    if not is_number(scale) or scale <= 0:
         raise CaptureError(f"{meta_path}: depth_scale_mm must be a positive number, got {scale!r}")
     hand = meta.get("hand")
     if hand not in ("right", "left"):
@@ -429,7 +429,7 @@ def load_capture(root: str | Path, check_units: bool = True) -> Capture:
     labels, label_joints = None, None
     if meta.get("labels") is not None:
         label_joints = meta.get("label_joints")
-        if label_joints not in LABEL_JOINTS:
+        if not isinstance(label_joints, str) or label_joints not in LABEL_JOINTS:
             raise CaptureError(f"{meta_path}: label_joints must be one of {', '.join(LABEL_JOINTS)}, got {label_joints!r}")
         labels_path = root / str(meta["labels"])
         try:

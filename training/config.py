@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from render.camera import is_number
 from render.jsonfile import read_json_object
 
 
@@ -183,7 +184,7 @@ class TrainConfig:
                 if not isinstance(value, bool):
                     raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
             elif isinstance(default, (int, float)) and not isinstance(default, bool):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                if not is_number(value):
                     raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
                 if isinstance(default, int) and not float(value).is_integer():
                     raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
