@@ -731,6 +731,13 @@ def test_config_and_schedule():
         TrainConfig.from_dict({"synthetic": "x", "crop_size": 64}).validate()
     with pytest.raises(ConfigError, match=r"stage_channels must be positive integers, got \[16.5, 16, 32, 32\]"):
         TrainConfig.from_dict({"synthetic": "x", "stage_channels": [16.5, 16, 32, 32]}).validate()
+    # Rounded shares that leave a main-phase batch without synthetic frames, or drop a kind of
+    # frame the fractions ask for, are refused before training, not at the first main-phase step.
+    for shares, message in (({"batch_size": 2}, "leaves no synthetic frame once rounded"),
+                            ({"batch_size": 10, "paired_fraction": 0.6, "unlabeled_fraction": 0.35}, "no synthetic frame"),
+                            ({"batch_size": 4, "paired_fraction": 0.1}, "rounds to no labelled frame per batch")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_dict({"synthetic": "x", **shares}).validate()
     for value in (10**400, float("inf"), True):   # JSON integers have no size limit
         with pytest.raises(ConfigError, match="lr must be a number"):
             TrainConfig.from_dict({"lr": value})

@@ -521,8 +521,9 @@ class TrainStream(IterableDataset):
         c = self.config
         if step < c.pretrain_steps:
             return {"synthetic": c.batch_size, "labeled": 0, "unlabeled": 0}
-        labeled = round(c.batch_size * c.paired_fraction) if self.sources.labeled is not None else 0
-        unlabeled = round(c.batch_size * c.unlabeled_fraction) if self.sources.unlabeled else 0
+        labeled, unlabeled = c.batch_shares()
+        labeled = labeled if self.sources.labeled is not None else 0
+        unlabeled = unlabeled if self.sources.unlabeled else 0
         return {"synthetic": c.batch_size - labeled - unlabeled, "labeled": labeled, "unlabeled": unlabeled}
 
     def _consumed(self, residue: int, workers: int) -> dict[str, int]:
