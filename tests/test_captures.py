@@ -208,6 +208,13 @@ def test_unit_check_passes_over_frames_without_a_hand(tmp_path):
     with pytest.raises(CaptureError, match="1.png: depths implausible"):
         load_capture(_capture(tmp_path, META, wrong))
     shutil.rmtree(tmp_path / "cap")
+    # One odd hand (seen edge-on, or far) among the frames checked is a frame, not a unit.
+    odd = {"0.png": _hand_frame(0.125), "1.png": _hand_frame(), "2.png": _hand_frame()}
+    assert len(load_capture(_capture(tmp_path, META, odd))) == 3
+    shutil.rmtree(tmp_path / "cap")
+    with pytest.raises(CaptureError, match="0.png: depths implausible"):
+        load_capture(_capture(tmp_path, META, {**odd, "1.png": _hand_frame(0.125)}))
+    shutil.rmtree(tmp_path / "cap")
     with pytest.raises(CaptureError, match="no hand found in any of the 3 frames checked"):
         load_capture(_capture(tmp_path, META, {"0.png": empty, "1.png": empty, "2.png": empty}))
 

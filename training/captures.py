@@ -28,9 +28,9 @@ mirrored (x -> -x) scene; views likewise, their extrinsics becoming M T M with M
 1, 1). `Capture.intrinsics` are those of the frames as returned; `mirror_uvd` undoes the label
 flip (it is its own inverse) to report results in the original images.
 
-Depth units are checked, not trusted: `check_units` locates the hand and refuses a capture whose
-hand is not at a distance and of a palm size a hand can have (a wrong `depth_scale_mm` scales
-both), instead of feeding the trainer a giant or a doll.
+Depth units are checked, not trusted: `check_units` locates the hand in a few frames and refuses a
+capture whose hand is, in most of them, not at a distance and of a palm size a hand can have (a
+wrong `depth_scale_mm` scales both), instead of feeding the trainer a giant or a doll.
 """
 
 from __future__ import annotations
@@ -183,13 +183,15 @@ class Capture:
         return tuple(found), tuple(tried), first_miss
 
     def check_units(self) -> None:
-        """Refuse the capture if a checked frame's hand (hands_to_check) has an implausible distance or size."""
+        """Refuse the capture if most checked frames' hands (hands_to_check) have an implausible
+        distance or size. A wrong unit scales every frame; one hand seen edge-on, say, is a frame."""
         found, tried, first_miss = self.hands_to_check
         if not found:
             raise CaptureError(f"{self.root}: no hand found in any of the {len(tried)} frames checked for "
                                f"depth units ({first_miss}){self.scale_hint(tried)}")
-        for i, loc in found:
-            self.check_location(i, loc)
+        bad = [(i, loc) for i, loc in found if implausible(loc)]
+        if 2 * len(bad) > len(found):
+            self.check_location(*bad[0])
 
     def scale_hint(self, frames: Sequence[int]) -> str:
         """A pointer to depth_scale_mm when the first of `frames` with measurements lies at no depth
