@@ -132,6 +132,7 @@ def test_layout_and_labels_agree_with_pixels(two_builds):
     (["--preset", "tiny", "--shared", "/nonexistent/shared"], "/nonexistent/shared: shared data folder not found"),
     (["--preset", "tiny", "--test", "0"], "frame counts must be >= 1"),
     (["--preset", "tiny", "--seed", "-1"], "--seed must be >= 0"),
+    (["--preset", "tiny", "--figure", "/nonexistent/fig.png"], "/nonexistent/fig.png: cannot write (no such folder"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
     if "--out" not in args:
@@ -210,18 +211,23 @@ def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, caps
     # A result scored by an earlier runner (no palm-centred score) is scored again, not trained again.
     old = tmp_path / "runs" / "seed1" / "aign" / "result.json"
     scored = json.loads(old.read_text())
-    assert scored["settings"]["steps"] == 2
+    assert scored["config"]["steps"] == 2 and scored["config"]["method"] == "aign"
     old.write_text(json.dumps({k: v for k, v in scored.items() if k != "palm_centred_error_mm"}))
     checkpoint = (old.parent / "checkpoint.pt").stat().st_mtime_ns
+    # So is one scored under other resolved settings (a preset's default changed since, say).
+    other = tmp_path / "runs" / "seed1" / "simgan" / "result.json"
+    simgan = json.loads(other.read_text())
+    other.write_text(json.dumps({**simgan, "config": {**simgan["config"], "batch_size": 99}}))
     # Read back, and this time the report: into --docs, the repository's docs untouched.
     documented = (REPO / "docs" / "benchmarks.md").read_bytes()
     docs = tmp_path / "docs"
     report = [*args[:-1], "--docs", str(docs)]
     assert run.main(report) == 0                                       # everything read back, nothing trained
     again = capsys.readouterr().out
-    assert again.count(" steps, ") == 1 and again[again.index("| method |"):] == table   # aign's run, finished
-    assert again.count("read back from") == 2 * len(rows) - 1
+    assert again.count(" steps, ") == 2 and again[again.index("| method |"):] == table   # aign's, simgan's runs, finished
+    assert again.count("read back from") == 2 * len(rows) - 2
     assert json.loads(old.read_text()) == scored and (old.parent / "checkpoint.pt").stat().st_mtime_ns == checkpoint
+    assert json.loads(other.read_text()) == simgan
     section = (docs / "benchmarks.md").read_text()
     assert "A SMOKE RUN: --steps 1 2" in section and " ".join(report) in section and table.strip() in section
     assert all((docs / name).stat().st_size > 1000     # the tiny build has 3 test frames: SimGAN's picture too
@@ -230,6 +236,38 @@ def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, caps
     # Other settings into the same folders: train-mapping refuses them, no result of the old ones is reused.
     assert run.main([*args[:args.index("--steps")], "--steps", "2", "3", "--seeds", "0", "--no-report"]) == 2
     assert "different settings (pretrain_steps" in capsys.readouterr().err
+    # Runs trained on one build are not scored on another: a rebuilt --data is refused for them.
+    record = json.loads((tmp_path / "runs" / "data.json").read_text())
+    (tmp_path / "runs" / "data.json").write_text(json.dumps({**record, "checksums": {**record["checksums"], "target_test": "0"}}))
+    assert run.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "its runs were trained on another build of the data" in err
+    assert "differ in target_test" in err
+
+
+@needs_shared
+def test_runner_refuses_before_training(two_builds, tmp_path, capsys):
+    """Settings a row's method refuses, and a damaged real sample, stop the table before any row
+    trains, in one line."""
+    import importlib.util
+    import shutil
+    spec = importlib.util.spec_from_file_location("sim2real_run_refuse", REPO / "benchmarks/sim2real/run.py")
+    run = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = run
+    spec.loader.exec_module(run)
+    out = tmp_path / "runs"
+    args = ["--data", str(two_builds[0]), "--out", str(out), "--no-report"]
+    assert run.main([*args, "--steps", "0", "2"]) == 2      # feature-mapping freezes a pre-trained head
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "row feature-mapping n=all: method feature-mapping" in err
+    assert "pretrain_steps must be positive" in err
+    shared = tmp_path / "shared"
+    shutil.copytree(SHARED / "real_samples" / "nyu", shared / "real_samples" / "nyu")
+    (shared / "real_samples" / "nyu" / "capture.json").write_text("{")
+    assert run.main([*args, "--steps", "1", "2", "--shared", str(shared)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nyu/capture.json" in err
+    assert not any(out.glob("seed*/*/checkpoint.pt"))
 
 
 @needs_shared

@@ -89,6 +89,11 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(given, config, source="command line").validate()
 
 
+def config_of(argv: list[str]) -> TrainConfig:
+    """The settings a train-mapping command line (without the program name) resolves to."""
+    return resolve_config(_train_parser().parse_args(argv))
+
+
 def _predict(argv: list[str]) -> int:
     args = _predict_parser().parse_args(argv)
     import torch

@@ -115,6 +115,8 @@ def check_inputs(args: argparse.Namespace) -> None:
         raise BuildError(f"--seed must be >= 0, got {args.seed}")
     try:
         check_writable(args.out, folder=True)
+        if args.figure is not None:
+            check_writable(args.figure)
     except WriteError as err:
         raise BuildError(str(err)) from None
     if not args.shared.is_dir():

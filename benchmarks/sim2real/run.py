@@ -17,11 +17,14 @@ target_train pose and hand, no real pixel): the part of the gap it closes is con
 appearance. With several seeds a row reports the mean and standard deviation over them, and the
 gap closed of the means.
 
-Rows whose run folder already holds a result of the same command and settings are not run
-again: an interrupted table resumes (and an interrupted run inside it resumes from its
-checkpoint). A result of other settings is handed back to train-mapping, which resumes the run
-where its resume rules allow the change and otherwise refuses the folder, so a table never mixes
-settings.
+Rows whose run folder already holds a result of the same command and resolved settings are not
+run again: an interrupted table resumes (and an interrupted run inside it resumes from its
+checkpoint). A result of other settings (a changed preset default included) is handed back to
+train-mapping, which resumes the run where its resume rules allow the change and otherwise refuses
+the folder, so a table never mixes settings. RUNS/data.json records the checksums of the build the
+runs were trained on (DIR/build.json's); a rebuilt DIR is refused for those runs, so a table never
+mixes data either (copy data.json with finished run folders to have them scored again elsewhere).
+Every row's settings, the data and the real sample frames are checked before the first row trains.
 
 Writes the "sim2real <preset>" section of DOCS/benchmarks.md, DOCS/sim2real_curves.png,
 DOCS/sim2real_real_frames.png (predictions of every model on the real frames in
@@ -32,6 +35,7 @@ and DOCS/simgan_refined.png; DOCS is docs/ unless --docs says otherwise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shlex
@@ -48,6 +52,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import machine, write_section  # noqa: E402
 from render.atomic import WriteError, check_writable, write_json  # noqa: E402
+from training.captures import CaptureError  # noqa: E402
+from training.data import DataError  # noqa: E402
 from training.figures import save_figure  # noqa: E402
 
 DOCS = ROOT / "docs"
@@ -85,6 +91,7 @@ class Row:
     args: tuple[str, ...]  # train-mapping arguments
     run: Path
     seed: int
+    config: str           # the settings train-mapping resolves the arguments to (JSON)
 
     @property
     def command(self) -> str:
@@ -92,15 +99,38 @@ class Row:
 
 
 def _capture_frames(folder: Path) -> int:
-    from training.captures import CaptureError, load_capture
+    from training.captures import load_capture
     try:
         return len(load_capture(folder))
     except CaptureError as err:
         raise BenchmarkError(str(err)) from None
 
 
+def check_data(data: Path, out: Path) -> None:
+    """Record the build the runs in `out` are trained on (its checksums), or refuse another one."""
+    from render.jsonfile import read_json_object
+
+    try:
+        checksums = read_json_object(data / "build.json", "build.json")["checksums"]
+        record = out / "data.json"
+        trained_on = read_json_object(record, "data.json").get("checksums") if record.exists() else None
+    except (ValueError, KeyError) as err:
+        raise BenchmarkError(str(err)) from None
+    if trained_on is None:
+        write_json(record, {"data": str(data.resolve()), "checksums": checksums})
+    elif trained_on != checksums:
+        differ = ", ".join(k for k in sorted(set(checksums) | set(trained_on)) if checksums.get(k) != trained_on.get(k))
+        raise BenchmarkError(f"{out}: its runs were trained on another build of the data ({record} and "
+                             f"{data / 'build.json'} differ in {differ}); give a new --out, or delete {out} to train again")
+
+
 def plan(data: Path, preset: str, out: Path, steps: tuple[int, int] | None = None, seed: int = 0) -> list[Row]:
-    """The table's rows for one seed, in order; every folder checked before anything runs."""
+    """The table's rows for one seed, in order; every folder and every row's settings checked
+    before anything runs."""
+    from training.cli import config_of
+    from training.config import ConfigError
+    from training.methods import method_class
+
     for part in ("source", "pairs", "target_train", "target_unlabeled", "target_test"):
         if not (data / part).is_dir():
             raise BenchmarkError(f"{data / part}: missing (build the data with benchmarks/sim2real/build.py)")
@@ -128,7 +158,12 @@ def plan(data: Path, preset: str, out: Path, steps: tuple[int, int] | None = Non
             args += ["--n-labeled", str(n)]
         if pairs:
             args += ["--pairs", str(data / "pairs")]
-        return Row(label, method, n, tuple(args), run, seed)
+        try:
+            resolved = config_of(args)
+            method_class(resolved.method).check(resolved)
+        except ConfigError as err:
+            raise BenchmarkError(f"row {label}: {err}") from None
+        return Row(label, method, n, tuple(args), run, seed, json.dumps(dataclasses.asdict(resolved)))
 
     rows = [row("synthetic-only", "synthetic-only", 0, [unl])]
     for n in counts:
@@ -204,15 +239,16 @@ def real_sample_captures(shared: Path) -> dict[str, Path]:
     return {k: v for k, v in folders.items() if (v / "capture.json").is_file()}
 
 
-def run_row(row: Row, scoring: Scoring, settings: dict) -> dict:
-    """The row's result: read back when it was scored from a run of this command and settings (and
-    has every score this runner gives), else trained or resumed by train-mapping and scored."""
+def run_row(row: Row, scoring: Scoring) -> dict:
+    """The row's result: read back when it was scored from a run of this command and resolved
+    settings (and has every score this runner gives), else trained or resumed by train-mapping and
+    scored."""
     from training.cli import main as train_mapping
 
     done = row.run / "result.json"
     if done.exists():
         result = json.loads(done.read_text())
-        if (result.get("command") == row.command and result.get("settings") == settings
+        if (result.get("command") == row.command and result.get("config") == json.loads(row.config)
                 and "palm_centred_error_mm" in result and set(scoring.samples) <= set(result["real_samples_uvd"])):
             print(f"    read back from {done}", flush=True)
             return result
@@ -225,7 +261,7 @@ def run_row(row: Row, scoring: Scoring, settings: dict) -> dict:
         raise BenchmarkError(f"{row.run}: {row.command} failed (its error is above)")
     # The run's own clock (its last training invocation), so a row trained earlier keeps its time.
     seconds = json.loads((row.run / "summary.json").read_text())["seconds"]
-    result = {**evaluate_run(row, scoring), "settings": settings, "train_seconds": seconds}
+    result = {**evaluate_run(row, scoring), "config": json.loads(row.config), "train_seconds": seconds}
     write_json(done, result, indent=None)
     return result
 
@@ -465,12 +501,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_report:
             check_writable(args.docs, folder=True)
         rows = [row for seed in args.seeds for row in plan(args.data, args.preset, args.out, args.steps, seed)]
-    except (BenchmarkError, WriteError) as err:
+        check_data(args.data, args.out)
+        samples = real_sample_captures(args.shared)
+        scoring = Scoring(args.data / "target_test", samples)
+        scoring.real   # a damaged real sample is found now, not after the first row has trained
+    except (BenchmarkError, WriteError, CaptureError, DataError) as err:
         print(f"sim2real: error: {err}", file=sys.stderr)
         return 2
     try:
-        return _run_table(args, argv, rows)
-    except BenchmarkError as err:
+        return _run_table(args, argv, rows, scoring)
+    except (BenchmarkError, CaptureError, DataError) as err:
         print(f"sim2real: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -479,19 +519,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run_table(args: argparse.Namespace, argv: list[str], rows: list[Row]) -> int:
+def _run_table(args: argparse.Namespace, argv: list[str], rows: list[Row], scoring: Scoring) -> int:
     """Train or read back every row, then write the report."""
-    settings = json.loads((args.out / f"{args.preset}.json").read_text())
-    samples = real_sample_captures(args.shared)
+    samples = scoring.samples
     if not samples:
         print(f"sim2real: note: no real sample captures under {args.shared / 'real_samples'}; the table has no "
               f"real-sensor overlays", file=sys.stderr)
-    scoring = Scoring(args.data / "target_test", samples)
     t0 = time.perf_counter()
     results = []
     for i, row in enumerate(rows, 1):
         print(f"[{i}/{len(rows)}] {row.label}, seed {row.seed}: {row.command}", flush=True)
-        result = run_row(row, scoring, settings)
+        result = run_row(row, scoring)
         result["nyu_real_error_mm"] = nyu_real_error(result, samples)
         print(f"    {row.label}, seed {row.seed}: {result['mean_error_mm']:.2f} mm on {result['frames']} target_test "
               f"frames ({(time.perf_counter() - t0) / 60:.1f} min so far)", flush=True)
