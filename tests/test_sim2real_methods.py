@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -266,8 +267,8 @@ def test_plan_refuses_missing_data_and_lists_every_row(tmp_path, shared):
         run.plan(tmp_path, "small", tmp_path / "runs")
     for part in ("source", "pairs"):
         (tmp_path / part).mkdir()
-    for part in ("target_train", "target_unlabeled", "target_test"):
-        (tmp_path / part).symlink_to(shared / "real_samples/realsense_sr305/seq_a")
+    for part in ("target_train", "target_unlabeled", "target_test"):   # three captures: train-mapping refuses one twice
+        shutil.copytree(shared / "real_samples/realsense_sr305/seq_a", tmp_path / part)
     with pytest.raises(run.BenchmarkError, match="no build.json, so not a complete build"):
         run.plan(tmp_path, "small", tmp_path / "runs")         # an interrupted build
     (tmp_path / "build.json").write_text("{}")
