@@ -133,6 +133,7 @@ class TrainConfig:
         need(self.joints in ("nyu14", "21"), f"joints must be nyu14 or 21, got {self.joints!r}")
         need(self.view_target in (1, 2), f"view_target must be 1 (top) or 2 (side), got {self.view_target}")
         need(self.n_labeled >= 0, f"n_labeled must be >= 0, got {self.n_labeled}")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         need(0 <= self.paired_fraction and 0 <= self.unlabeled_fraction
              and self.paired_fraction + self.unlabeled_fraction < 1, "batch fractions must leave room for synthetic frames")
         need(self.history_batches >= 1, f"history_batches must be >= 1, got {self.history_batches}")

@@ -686,6 +686,9 @@ def eval_frames(config: TrainConfig, sources: Sources) -> tuple[Capture, list[in
             raise DataError(f"{capture.root}: evaluation capture has no labels")
         if capture.label_joints != config.joints:
             raise DataError(f"{capture.root}: labels are {capture.label_joints} joints but training uses {config.joints}")
+        if sources.captures and config.n_labeled and capture.root.resolve() == sources.captures[0].root.resolve():
+            warnings.warn(f"{capture.root}: --eval is the first --real capture, so its score includes the "
+                          f"{config.n_labeled} frame(s) trained on with their labels (leave --eval out to score the others)")
         return capture, list(range(len(capture))), capture.labels_uvd
     if not sources.captures:
         return None
