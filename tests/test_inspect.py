@@ -192,6 +192,16 @@ def test_broken_captures_are_named(tmp_path, capsys):
     (bad / "50.png").unlink()
     rc, _, err = _run(capsys, bad, "--out", tmp_path / "p")
     assert rc == 1 and "30.png: depths implausible" in err and err.count("inspect-shards:") == 7
+    # A capture none of whose frames decodes is one problem per frame, and the captures beside it
+    # are still reported.
+    both = tmp_path / "both"
+    shutil.copytree(SAMPLES / "bighand", both / "bighand")
+    shutil.copytree(SAMPLES / "nyu", both / "nyu")
+    for png in (both / "bighand").glob("*.png"):
+        png.write_bytes(png.read_bytes()[:200])
+    rc, out, err = _run(capsys, both, "--out", tmp_path / "p2")
+    assert rc == 1 and "cannot decode" in err and "Traceback" not in err, err
+    assert "nyu" in out and "detected centre to labelled palm centre" in out
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} absent (shared real samples)")

@@ -315,7 +315,10 @@ def inspect_capture(root: Path, progress: bool = True) -> Report:
                 joint_set=cap.label_joints, crop=crop_hand(depth, cam, loc.centre_uvd, labels),
                 detected_mask=loc.mask, detected_centre=loc.centre_uvd))
     if not near and not odd:
-        hint = cap.scale_hint(list(range(len(cap))))
+        try:
+            hint = cap.scale_hint(list(range(len(cap))))
+        except CaptureError:   # frames that do not decode, each reported above
+            hint = ""
         if hint:
             report.problem(f"{root}: no hand found in any frame{hint}")
     for view in cap.views:   # training refuses a rig whose hand lies behind a view camera
