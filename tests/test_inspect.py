@@ -205,6 +205,21 @@ def test_broken_captures_are_named(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} absent (shared real samples)")
+def test_pictures_neither_collide_nor_land_in_a_capture(tmp_path, capsys):
+    """Two captures of one name get a contact sheet each; --out naming an input folder is refused,
+    since its pictures would become frames of the capture."""
+    for day in ("day1", "day2"):
+        shutil.copytree(SAMPLES / "bighand", tmp_path / day / "seq")
+    rc, out, err = _run(capsys, tmp_path / "day1", tmp_path / "day2", "--out", tmp_path / "p")
+    assert rc == 0, err
+    assert {"contact_sheet_real_seq.png", "contact_sheet_real_seq_2.png"} <= {p.name for p in (tmp_path / "p").iterdir()}
+    before = sorted((tmp_path / "day1" / "seq").iterdir())
+    rc, _, err = _run(capsys, tmp_path / "day1" / "seq", "--out", tmp_path / "day1" / "seq")
+    assert rc == 2 and err.count("\n") == 1 and "is an input folder" in err
+    assert sorted((tmp_path / "day1" / "seq").iterdir()) == before
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"{SAMPLES} absent (shared real samples)")
 def test_a_frame_whose_hand_merges_with_the_body_is_no_unit_problem(tmp_path, capsys):
     """One frame of eight with a surface at the hand's depth joined to it: its detection is
     implausible, the capture's unit is not, and the line says so instead of pointing at the unit."""

@@ -455,7 +455,12 @@ def write_pictures(reports: list[Report], out: Path) -> list[Path]:
     written = []
     for r in reports:
         if r.previews:
-            p = out / f"contact_sheet_{r.kind}_{r.path.name}.png"
+            # Named for the folder; two folders of one name (day1/seq_a, day2/seq_a) get a number.
+            stem, k = f"contact_sheet_{r.kind}_{r.path.resolve().name}", 1
+            p = out / f"{stem}.png"
+            while p in written:
+                k += 1
+                p = out / f"{stem}_{k}.png"
             contact_sheet(r, p)
             written.append(p)
     if any(r.previews for r in reports):
@@ -495,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         inputs += found
     out = args.out or Path(f"inspect-{args.paths[0].resolve().name}")
+    inside = next((path for _, path in inputs if path.resolve() == out.resolve()), None)
+    if inside is not None:   # its pictures would become frames of a capture
+        print(f"inspect-shards: error: {out}: is an input folder ({inside}); give --out another folder", file=sys.stderr)
+        return 2
     try:
         check_writable(out, folder=True)   # before the checks, which read every sample
     except WriteError as err:
