@@ -973,6 +973,40 @@ def test_unwritable_prediction_file_gives_one_line(data, tmp_path, capsys):
                      "--out", str(out)]) == 2
         assert capsys.readouterr().err == f"train-mapping predict: error: {out}: cannot write ({reason})\n"
     assert not list(tmp_path.glob(".*")) and not list((tmp_path / "a-folder").iterdir())
+    # An output onto an input (the checkpoint, the centres read) or into the capture folder.
+    import shutil
+    capture = tmp_path / "nyu"
+    shutil.copytree(data["nyu"], capture)
+    (tmp_path / "centres.txt").write_text("214 272 768\n")
+    for out, reason in ((run / "checkpoint.pt", "is the --checkpoint file"), (tmp_path / "centres.txt", "is the --centre file"),
+                        (capture / "labels_uvd.txt", f"lies in the capture folder {capture} (its frames and labels)")):
+        before = out.read_bytes()
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--real", str(capture), "--out", str(out),
+                     "--centre", str(tmp_path / "centres.txt")]) == 2
+        assert capsys.readouterr().err == f"train-mapping predict: error: {out}: {reason}; write elsewhere\n"
+        assert out.read_bytes() == before
+
+
+def test_a_checkpoint_whose_contents_are_damaged_gives_one_line(data, tmp_path, capsys):
+    """Settings no run can have, weights that are not a state dict, another method's weights,
+    weights that went NaN: one line naming the checkpoint, nothing written."""
+    run = tmp_path / "run"
+    assert main(_args(data, "murauer", run, _config(tmp_path, steps=1, pretrain_steps=1), labeled=False)) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    nan = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state["model"].items()}
+    for name, damaged, reason in (
+            ("cube", {**state, "config": {**state["config"], "cube_mm": -300.0}}, "cube_mm must be positive"),
+            ("list", {**state, "model": [1, 2]}, "checkpoint does not match its configuration"),
+            ("other", {**state, "config": {**state["config"], "method": "synthetic-only"}}, "Unexpected key(s) in state_dict"),
+            ("nan", {**state, "model": nan}, "the network predicts non-finite joints on 1 of 1 frames")):
+        path = tmp_path / f"{name}.pt"
+        torch.save(damaged, path)
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", str(path), "--real", str(data["nyu"]), "--out", str(tmp_path / "p.txt")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"train-mapping predict: error: {path}") and reason in err, err
+    assert not (tmp_path / "p.txt").exists()
 
 
 def test_checkpoint_torch_refuses_gives_one_line_without_unsafe_advice(tmp_path, capsys, recwarn):

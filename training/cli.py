@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from render.arguments import one_line_warnings
 from render.atomic import WriteError, check_writable
 from training.captures import CaptureError, load_capture
@@ -109,11 +111,23 @@ def _predict(argv: list[str]) -> int:
             raise WriteError(f"{args.out}: given as both --out and --save-centres")
         if args.centre not in ("detect", "labels") and not Path(args.centre).is_file():
             raise DataError(f"--centre {args.centre}: not detect, labels or a centres file")
+        inputs = {args.checkpoint.resolve(): "--checkpoint"}
+        if args.centre not in ("detect", "labels"):
+            inputs[Path(args.centre).resolve()] = "--centre"
+        for path in (args.out, args.save_centres):
+            if path is not None and path.resolve() in inputs:
+                raise WriteError(f"{path}: is the {inputs[path.resolve()]} file; write elsewhere")
+            if path is not None and (args.real / "capture.json").is_file() and args.real.resolve() in path.resolve().parents:
+                raise WriteError(f"{path}: lies in the capture folder {args.real} (its frames and labels); write elsewhere")
         device = torch.device(args.device)
         method, config = load_model(args.checkpoint, device)
         capture = load_capture(args.real)
         centres = frame_centres(capture, args.centre)
         uvd = predict_capture(method, config, capture, centres, device)
+        if not np.isfinite(uvd).all():
+            bad = int((~np.isfinite(uvd)).any(axis=(1, 2)).sum())
+            raise TrainingError(f"{args.checkpoint}: the network predicts non-finite joints on {bad} of {len(uvd)} "
+                                f"frames (damaged weights?); nothing written")
         write_uvd(args.out, uvd)
         if args.save_centres is not None:
             save_frame_centres(args.save_centres, capture, centres)

@@ -29,11 +29,14 @@ def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu"
     """The trained method of a checkpoint, in eval mode."""
     state = load_checkpoint(checkpoint)
     try:
-        config = TrainConfig.from_dict(state["config"], source=str(checkpoint))
+        config = TrainConfig.from_dict(state["config"], source=str(checkpoint)).validate()
         method = build(config)
         method.load_state_dict(state["model"])
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise TrainingError(f"{checkpoint}: checkpoint does not match its configuration ({err})") from None
+    except (ValueError, KeyError, RuntimeError, TypeError) as err:
+        # torch lists every missing and unexpected key, over many lines: the start says enough
+        why = " ".join(str(err).split()) or type(err).__name__
+        why = why if len(why) <= 200 else why[:200] + " ..."
+        raise TrainingError(f"{checkpoint}: checkpoint does not match its configuration ({why})") from None
     return method.to(device).eval(), config
 
 
