@@ -158,6 +158,18 @@ def test_plot_of_a_damaged_run_is_one_line(trained, tmp_path, capsys):
     assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 2
     assert capsys.readouterr().err == (f"train-mapping plot: error: {run}: cannot plot ({run / 'config.json'}: "
                                        f"run config must be a JSON object)\n")
+    # Hand-edited values of the wrong type are passed over; a run with no records is no picture.
+    (run / "config.json").write_text(json.dumps({"pretrain_steps": "600", "method": "supervised"}))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": "x", "train/loss": 1.0}) + "\n" + json.dumps({"step": 9, "train/loss": "1"}) + "\n")
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    (run / "metrics.jsonl").write_text("")
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "d.png")]) == 2
+    assert capsys.readouterr().err == (f"train-mapping plot: error: {run}: cannot plot ({run / 'metrics.jsonl'}: "
+                                       f"no training records to plot)\n")
+    assert not (tmp_path / "d.png").exists()
 
 
 def test_predict_and_hand_eval_round_trip(trained, data, tmp_path, capsys):

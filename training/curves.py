@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from render.camera import is_number
 from render.jsonfile import read_json_object
 from training.figures import save_figure
 
@@ -20,13 +21,16 @@ def panel(term: str) -> int:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl that parse (a crash can leave the last line torn)."""
+    """The records of a metrics.jsonl that parse as objects with a step (a crash can leave the last
+    line torn), keeping their numeric values."""
     records = []
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict) and is_number(record.get("step")):
+            records.append({k: v for k, v in record.items() if is_number(v) or k == "phase"})
     return records
 
 
@@ -40,8 +44,11 @@ def plot_run(run: str | Path, path: str | Path, title: str | None = None) -> Non
     run, path = Path(run), Path(path)
     records = read_metrics(run / "metrics.jsonl")
     train = [r for r in records if "train/loss" in r]
-    evals = [r for r in records if "eval_mean_error_mm" in r]
+    evals = [r for r in records if "eval_mean_error_mm" in r and "eval_frames" in r]
+    if not train:
+        raise ValueError(f"{run / 'metrics.jsonl'}: no training records to plot")
     config = read_json_object(run / "config.json", "run config")
+    pretrain = config.get("pretrain_steps")
     fig, axes = plt.subplots(1, len(PANELS) + 1, figsize=(4.2 * (len(PANELS) + 1), 3.8))
     terms = sorted({k[len("train/"):] for r in train for k in r if k.startswith("train/")} - {"loss"})
     for term in terms:
@@ -56,12 +63,12 @@ def plot_run(run: str | Path, path: str | Path, title: str | None = None) -> Non
                 label=f"{evals[-1]['eval_frames']} labelled real frame(s)")
     ax.set_title("mean 3D joint error on real frames (mm)", fontsize=9)
     for ax in axes:
-        if 0 < config["pretrain_steps"] < (train[-1]["step"] if train else 0):
-            ax.axvline(config["pretrain_steps"], color="grey", ls="--", lw=0.8)
+        if is_number(pretrain) and 0 < pretrain < train[-1]["step"]:
+            ax.axvline(pretrain, color="grey", ls="--", lw=0.8)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(title or f"{config['method']}: {run.name} (dashed: end of synthetic pre-training)", fontsize=10)
+    fig.suptitle(title or f"{config.get('method', 'run')}: {run.name} (dashed: end of synthetic pre-training)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
