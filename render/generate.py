@@ -234,7 +234,13 @@ WORKER_STARTED = -1   # what a pool worker puts on the progress queue once it is
 
 
 def _init_pool_worker(config: RenderConfig, progress) -> None:
-    _init_worker(config, progress, threads=1)
+    try:
+        _init_worker(config, progress, threads=1)
+    except Exception as err:
+        # The pool would start another worker, failing the same way, for ever: tell the main
+        # process why (it stops the run), and leave without a traceback per attempt.
+        progress.put(f"{type(err).__name__}: {err}")
+        raise SystemExit(1) from None
     progress.put(WORKER_STARTED)
 
 
@@ -307,6 +313,8 @@ def _render(job: Job, pending: list[int], workers: int, show_progress: bool) -> 
                     item = progress.get(timeout=0.5)
                 except queue.Empty:
                     item = 0
+                if isinstance(item, str):
+                    raise RuntimeError(f"{job.out}: a render worker could not start ({item}); finished shards are kept")
                 if item == WORKER_STARTED:
                     started += 1
                     # The pool replaces a worker that died (the system killed it, for memory say),
@@ -322,7 +330,8 @@ def _render(job: Job, pending: list[int], workers: int, show_progress: bool) -> 
                     write_json(job.record_path(shard), results.pop(shard).get())
             while True:
                 try:
-                    bar.update(max(progress.get_nowait(), 0))
+                    item = progress.get_nowait()
+                    bar.update(item if isinstance(item, int) and item > 0 else 0)
                 except queue.Empty:
                     break
     bar.close()

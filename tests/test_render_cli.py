@@ -188,6 +188,26 @@ def test_a_worker_killed_for_memory_stops_the_run(tmp_path):
     assert "Traceback" not in err and "a render worker process died" in err.strip().splitlines()[-1], err
 
 
+def test_a_worker_that_cannot_start_stops_the_run(tmp_path):
+    """A worker whose start fails (no GL context in its process, say) would be replaced for ever by
+    the pool, each failing alike: the run stops with one line giving the reason."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, sys\n"
+        "if __name__ == '__main__':\n"
+        "    import render.gl\n"
+        "    render.gl.choose_backend = lambda preferred=None: 'bogus'   # the main process trusts it\n"
+        "    os.environ['PYOPENGL_PLATFORM'] = 'bogus'                     # the workers inherit it\n"
+        "    from render.cli import main\n"
+        "    sys.exit(main(['--n', '40', '--shard-size', '10', '--workers', '2', '--quiet', '--out', sys.argv[1]]))\n")
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"render-hands: error: {tmp_path / 'out'}: a render worker could not start (GLUnavailable: unsupported GL "
+        f"backend 'bogus'; choose one of egl, osmesa); finished shards are kept"], result.stderr
+
+
 def test_a_finished_dataset_rerun_keeps_its_manifest(tmp_path, capsys):
     out = tmp_path / "done"
     assert _run(out) == 0
