@@ -4,7 +4,9 @@
 #   ./install.sh            # runtime
 #   ./install.sh test       # runtime + test tools
 # torch: with an NVIDIA driver present (nvidia-smi works) the default PyPI build (CUDA) is used;
-# otherwise the CPU build torch==2.13.0. Set TORCH_SPEC to override, e.g. TORCH_SPEC="torch==2.13.0".
+# otherwise torch==2.13.0 (a CPU build where the pip index offers one, as on the development
+# machines; plain PyPI's Linux wheel is a CUDA build). Set TORCH_SPEC to override, and PIP_INDEX_URL
+# for where from (https://download.pytorch.org/whl/cpu for PyTorch's CPU builds).
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -122,7 +122,8 @@ of 5 rounds), so other jobs on the machine affect them only through caches.
 |---|---|---|
 {table}
 
-Shards: a render-hands sample is a small window (55 to 384 pixels square), so decoding is cheap;
+Shards: a render-hands sample is a small window around the hand (48 to 387 pixels a side
+for these inputs), so decoding is cheap;
 augmentation (rotation, jitter, scale, per-pixel depth noise) costs more than the crop itself,
 mostly the seeded normal draws of the depth noise (one per hand pixel inside the cube) and the
 rotated, non-separable resampling. Captures: decoding a full 640x480 PNG and locating the hand
