@@ -749,12 +749,16 @@ def test_config_and_schedule():
     with pytest.raises(ConfigError, match=r"stage_channels must be positive integers, got \[16.5, 16, 32, 32\]"):
         TrainConfig.from_dict({"synthetic": "x", "stage_channels": [16.5, 16, 32, 32]}).validate()
     # Rounded shares that leave a main-phase batch without synthetic frames, or drop a kind of
-    # frame the fractions ask for, are refused before training, not at the first main-phase step.
+    # frame the fractions ask for, are refused before training, not at the first main-phase step;
+    # a method that reads no real frames takes any batch.
+    from training.methods import build
+    real = {"synthetic": "x", "real": ["a"], "n_labeled": 5, "pairs": "p"}
     for shares, message in (({"batch_size": 2}, "leaves no synthetic frame once rounded"),
                             ({"batch_size": 10, "paired_fraction": 0.6, "unlabeled_fraction": 0.35}, "no synthetic frame"),
                             ({"batch_size": 4, "paired_fraction": 0.1}, "rounds to no labelled frame per batch")):
         with pytest.raises(ConfigError, match=message):
-            TrainConfig.from_dict({"synthetic": "x", **shares}).validate()
+            build(TrainConfig.from_dict({**real, "method": "murauer", **shares}, preset("cpu-small")).validate())
+    build(TrainConfig.from_dict({**real, "method": "synthetic-only", "batch_size": 2}, preset("cpu-small")).validate())
     with pytest.raises(ConfigError, match="seed must be >= 0, got -1"):
         TrainConfig.from_dict({"synthetic": "x", "seed": -1}).validate()
     for value in (10**400, float("inf"), True):   # JSON integers have no size limit
@@ -990,14 +994,21 @@ def test_unwritable_prediction_file_gives_one_line(data, tmp_path, capsys):
     capture = tmp_path / "nyu"
     shutil.copytree(data["nyu"], capture)
     (tmp_path / "centres.txt").write_text("214 272 768\n")
+    frame = next(capture.glob("*.png"))
     for out, reason in ((run / "checkpoint.pt", "is the --checkpoint file"), (tmp_path / "centres.txt", "is the --centre file"),
-                        (capture / "labels_uvd.txt", f"lies in the capture folder {capture} (its frames and labels)")):
+                        (capture / "labels_uvd.txt", "is the capture's labels"), (frame, "is a frame of the capture")):
         before = out.read_bytes()
         capsys.readouterr()
         assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--real", str(capture), "--out", str(out),
                      "--centre", str(tmp_path / "centres.txt")]) == 2
         assert capsys.readouterr().err == f"train-mapping predict: error: {out}: {reason}; write elsewhere\n"
         assert out.read_bytes() == before
+    assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--real", str(capture), "--out",
+                 str(capture / "new.png")]) == 2
+    assert "would be read as a frame of the capture" in capsys.readouterr().err
+    # Beside the frames, a file of another kind is no input: predictions kept with their capture.
+    assert main(["predict", "--checkpoint", str(run / "checkpoint.pt"), "--real", str(capture), "--out",
+                 str(capture / "predictions.txt")]) == 0
 
 
 def test_a_checkpoint_whose_contents_are_damaged_gives_one_line(data, tmp_path, capsys):

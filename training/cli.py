@@ -19,6 +19,7 @@ import numpy as np
 
 from render.arguments import one_line_warnings
 from render.atomic import WriteError, check_writable
+from render.jsonfile import read_json_object
 from training.captures import CaptureError, load_capture
 from training.config import PRESETS, ConfigError, TrainConfig, preset
 from training.data import DataError
@@ -96,6 +97,26 @@ def config_of(argv: list[str]) -> TrainConfig:
     return resolve_config(_train_parser().parse_args(argv))
 
 
+def check_not_inputs(outputs: list[Path | None], checkpoint: Path, centre: str, capture) -> None:
+    """Refuse an output onto a file predict reads: the checkpoint, the centres file, the capture's
+    frames (or a .png/.npy beside them, which would become one), labels or capture.json."""
+    meta = capture.root / "capture.json"
+    labels = read_json_object(meta, "capture.json").get("labels")
+    inputs = {checkpoint.resolve(): "the --checkpoint file", meta.resolve(): "the capture's capture.json"}
+    if centre not in ("detect", "labels"):
+        inputs[Path(centre).resolve()] = "the --centre file"
+    if isinstance(labels, str):
+        inputs[(capture.root / labels).resolve()] = "the capture's labels"
+    for frame in (*capture.frames, *(f for view in capture.views for f in view.frames)):
+        inputs[frame.resolve()] = "a frame of the capture"
+    for path in (p for p in outputs if p is not None):
+        where = path.resolve()
+        if where in inputs:
+            raise WriteError(f"{path}: is {inputs[where]}; write elsewhere")
+        if where.parent == capture.root.resolve() and where.suffix.lower() in (".png", ".npy"):
+            raise WriteError(f"{path}: would be read as a frame of the capture {capture.root}; write elsewhere")
+
+
 def _predict(argv: list[str]) -> int:
     args = _predict_parser().parse_args(argv)
     import torch
@@ -111,17 +132,10 @@ def _predict(argv: list[str]) -> int:
             raise WriteError(f"{args.out}: given as both --out and --save-centres")
         if args.centre not in ("detect", "labels") and not Path(args.centre).is_file():
             raise DataError(f"--centre {args.centre}: not detect, labels or a centres file")
-        inputs = {args.checkpoint.resolve(): "--checkpoint"}
-        if args.centre not in ("detect", "labels"):
-            inputs[Path(args.centre).resolve()] = "--centre"
-        for path in (args.out, args.save_centres):
-            if path is not None and path.resolve() in inputs:
-                raise WriteError(f"{path}: is the {inputs[path.resolve()]} file; write elsewhere")
-            if path is not None and (args.real / "capture.json").is_file() and args.real.resolve() in path.resolve().parents:
-                raise WriteError(f"{path}: lies in the capture folder {args.real} (its frames and labels); write elsewhere")
         device = torch.device(args.device)
         method, config = load_model(args.checkpoint, device)
         capture = load_capture(args.real)
+        check_not_inputs([args.out, args.save_centres], args.checkpoint, args.centre, capture)
         centres = frame_centres(capture, args.centre)
         uvd = predict_capture(method, config, capture, centres, device)
         if not np.isfinite(uvd).all():

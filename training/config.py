@@ -138,13 +138,6 @@ class TrainConfig:
              and self.paired_fraction + self.unlabeled_fraction < 1, "batch fractions must leave room for synthetic frames")
         need(self.history_batches >= 1, f"history_batches must be >= 1, got {self.history_batches}")
         need(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
-        labeled, unlabeled = self.batch_shares()
-        need(self.batch_size - labeled - unlabeled >= 1,
-             f"batch_size {self.batch_size} with fractions {self.paired_fraction:g} (labelled) and {self.unlabeled_fraction:g} "
-             f"(unlabeled) leaves no synthetic frame once rounded ({labeled} + {unlabeled})")
-        for name, share, fraction in (("labelled", labeled, self.paired_fraction), ("unlabeled", unlabeled, self.unlabeled_fraction)):
-            need(share >= 1 or fraction == 0,
-                 f"batch_size {self.batch_size} x fraction {fraction:g} rounds to no {name} frame per batch")
         need(self.lr_schedule in ("murauer", "cosine", "constant"),
              f"lr_schedule must be murauer, cosine or constant, got {self.lr_schedule!r}")
         need(self.steps > 0 and 0 <= self.pretrain_steps, "steps must be > 0 and pretrain_steps >= 0")

@@ -22,7 +22,7 @@ def panel(term: str) -> int:
 
 def read_metrics(path: Path) -> list[dict]:
     """The records of a metrics.jsonl that parse as objects with a step (a crash can leave the last
-    line torn), keeping their numeric values."""
+    line torn)."""
     records = []
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
@@ -30,7 +30,7 @@ def read_metrics(path: Path) -> list[dict]:
         except ValueError:
             continue
         if isinstance(record, dict) and is_number(record.get("step")):
-            records.append({k: v for k, v in record.items() if is_number(v) or k == "phase"})
+            records.append(record)
     return records
 
 
@@ -42,7 +42,8 @@ def plot_run(run: str | Path, path: str | Path, title: str | None = None) -> Non
     import matplotlib.pyplot as plt
 
     run, path = Path(run), Path(path)
-    records = read_metrics(run / "metrics.jsonl")
+    # Numeric values only: a hand-edited file can hold anything.
+    records = [{k: v for k, v in r.items() if is_number(v)} for r in read_metrics(run / "metrics.jsonl")]
     train = [r for r in records if "train/loss" in r]
     evals = [r for r in records if "eval_mean_error_mm" in r and "eval_frames" in r]
     if not train:

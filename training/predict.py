@@ -17,7 +17,7 @@ import torch
 
 from render.atomic import write_atomically
 from training.captures import HAND_DEPTH_MM, Capture
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.data import DataError, crop_frames, detected_centres
 from training.evaluate import EvalResult, evaluate_uvd
 from training.localize import centre_from_labels, load_centres, save_centres
@@ -31,6 +31,9 @@ def load_model(checkpoint: str | Path, device: torch.device = torch.device("cpu"
     try:
         config = TrainConfig.from_dict(state["config"], source=str(checkpoint)).validate()
         method = build(config)
+    except ConfigError as err:
+        raise TrainingError(f"{checkpoint}: its settings are refused ({err})") from None
+    try:
         method.load_state_dict(state["model"])
     except (ValueError, KeyError, RuntimeError, TypeError) as err:
         # torch lists every missing and unexpected key, over many lines: the start says enough
