@@ -19,6 +19,15 @@ needs_shared = pytest.mark.skipif(not (SHARED / "eval_anchors" / "nyu").is_dir()
                                   reason="needs ../shared (NYU test labels and real_samples) beside the repository")
 
 
+def _script(path: Path, name: str):
+    """A benchmark script imported as a module (registered first: dataclasses look themselves up)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BUILD), *args], capture_output=True, text=True, cwd=REPO)
 
@@ -54,13 +63,9 @@ def test_same_seed_gives_identical_files(two_builds):
 
 @needs_shared
 def test_figure_shows_source_target_and_the_rig_view(two_builds, tmp_path):
-    import importlib.util
-
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("sim2real_build_figure", BUILD)
-    build = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look themselves up
-    spec.loader.exec_module(build)
+    build = _script(BUILD, "sim2real_build_figure")
     png = tmp_path / "target.png"
     build.figure(two_builds[0], png)
     width, height = Image.open(png).size
@@ -190,11 +195,7 @@ def test_splits_larger_than_their_pool_vary_the_pose():
 def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, capsys, one_torch_thread):
     """The whole table end to end on the tiny build (2 steps a run): every row once per seed, the
     table aggregated over seeds, and a second invocation reading the finished rows."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("sim2real_run_e2e", REPO / "benchmarks/sim2real/run.py")
-    run = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = run
-    spec.loader.exec_module(run)
+    run = _script(REPO / "benchmarks/sim2real/run.py", "sim2real_run_e2e")
     args = ["--data", str(two_builds[0]), "--out", str(tmp_path / "runs"), "--steps", "1", "2", "--seeds", "0", "1",
             "--no-report"]
     assert run.main(args) == 0
@@ -249,12 +250,8 @@ def test_runner_trains_every_row_per_seed_and_resumes(two_builds, tmp_path, caps
 def test_runner_refuses_before_training(two_builds, tmp_path, capsys):
     """Settings a row's method refuses, and a damaged real sample, stop the table before any row
     trains, in one line."""
-    import importlib.util
     import shutil
-    spec = importlib.util.spec_from_file_location("sim2real_run_refuse", REPO / "benchmarks/sim2real/run.py")
-    run = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = run
-    spec.loader.exec_module(run)
+    run = _script(REPO / "benchmarks/sim2real/run.py", "sim2real_run_refuse")
     out = tmp_path / "runs"
     args = ["--data", str(two_builds[0]), "--out", str(out), "--no-report"]
     assert run.main([*args, "--steps", "0", "2"]) == 2      # feature-mapping freezes a pre-trained head

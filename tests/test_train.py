@@ -512,30 +512,25 @@ def test_a_rig_view_that_training_cannot_use_is_found_before_training(data, tmp_
         assert main(args) == 0
     assert "train/view_real" not in set().union(*_records(tmp_path / "renamed"))
 
-    meta["views"][0]["name"] = "side"
-    meta["views"][0]["extrinsics_mm"] = np.diag([-1.0, 1.0, -1.0, 1.0]).tolist()   # turned to face away
-    (rig / "capture.json").write_text(json.dumps(meta))
-    args[args.index("--out") + 1] = str(tmp_path / "behind")
-    capsys.readouterr()
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "the hand lies behind the side camera; check its extrinsics_mm" in err, err
-    assert not (tmp_path / "behind").exists()
-
-    # A side camera 60 degrees round the hand, its translation copied in metres (render-hands
-    # stores its extrinsics in metres): the rotation alone swings the hand out of the view.
+    # A camera turned to face away; and a side camera 60 degrees round the hand, its translation
+    # copied in metres (render-hands stores its extrinsics in metres): the rotation alone swings
+    # the hand out of the view.
     a = np.radians(60)
     side = np.eye(4)
     side[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
     side[:3, 3] = (np.array([0, 0, 700.0]) - side[:3, :3] @ [0, 0, 700.0]) / 1000
-    meta["views"][0]["extrinsics_mm"] = side.tolist()
-    (rig / "capture.json").write_text(json.dumps(meta))
-    args[args.index("--out") + 1] = str(tmp_path / "metres")
-    capsys.readouterr()
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "put the hand outside that camera's image on every frame checked" in err, err
-    assert "in metres" in err and not (tmp_path / "metres").exists()
+    meta["views"][0]["name"] = "side"
+    for name, extrinsics, messages in (
+            ("behind", np.diag([-1.0, 1.0, -1.0, 1.0]), ["the hand lies behind the side camera; check its extrinsics_mm"]),
+            ("metres", side, ["put the hand outside that camera's image on every frame checked", "in metres"])):
+        meta["views"][0]["extrinsics_mm"] = extrinsics.tolist()
+        (rig / "capture.json").write_text(json.dumps(meta))
+        args[args.index("--out") + 1] = str(tmp_path / name)
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(m in err for m in messages), err
+        assert not (tmp_path / name).exists()
 
 
 def test_held_out_frames_without_a_hand_are_named_as_the_evaluation(data, tmp_path, capsys):

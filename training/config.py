@@ -109,9 +109,12 @@ class TrainConfig:
     channels_last: str = "auto"        # channels_last tensors: auto (on for CUDA) | on | off
     compile: bool = False              # torch.compile the training step's module
 
-    def batch_shares(self) -> tuple[int, int]:
-        """Labelled and unlabeled real frames of a main-phase batch; synthetic frames fill the rest."""
-        return round(self.batch_size * self.paired_fraction), round(self.batch_size * self.unlabeled_fraction)
+    def batch_shares(self, labeled: bool, unlabeled: bool) -> tuple[int, int, int]:
+        """Synthetic, labelled and unlabeled frames of a main-phase batch, for a run that reads
+        labelled and/or unlabeled real frames; synthetic frames fill what the others leave."""
+        lab = round(self.batch_size * self.paired_fraction) if labeled else 0
+        unl = round(self.batch_size * self.unlabeled_fraction) if unlabeled else 0
+        return self.batch_size - lab - unl, lab, unl
 
     def validate(self) -> "TrainConfig":
         def need(ok: bool, msg: str) -> None:

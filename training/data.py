@@ -521,10 +521,8 @@ class TrainStream(IterableDataset):
         c = self.config
         if step < c.pretrain_steps:
             return {"synthetic": c.batch_size, "labeled": 0, "unlabeled": 0}
-        labeled, unlabeled = c.batch_shares()
-        labeled = labeled if self.sources.labeled is not None else 0
-        unlabeled = unlabeled if self.sources.unlabeled else 0
-        return {"synthetic": c.batch_size - labeled - unlabeled, "labeled": labeled, "unlabeled": unlabeled}
+        synthetic, labeled, unlabeled = c.batch_shares(self.sources.labeled is not None, bool(self.sources.unlabeled))
+        return {"synthetic": synthetic, "labeled": labeled, "unlabeled": unlabeled}
 
     def _consumed(self, residue: int, workers: int) -> dict[str, int]:
         """Items each source of residue class `residue` used for the steps before start_step."""

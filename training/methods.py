@@ -85,14 +85,13 @@ class Method(nn.Module):
     @classmethod
     def check(cls, config: TrainConfig) -> None:
         # The main phase's batch, as training.data composes it from the frames this method reads.
-        labeled, unlabeled = config.batch_shares()
-        for name, share, fraction, read in (("labelled", labeled, config.paired_fraction, cls.uses_labeled and config.n_labeled > 0),
-                                            ("unlabeled", unlabeled, config.unlabeled_fraction, cls.uses_unlabeled and config.real)):
+        reads = (cls.uses_labeled and config.n_labeled > 0, cls.uses_unlabeled and bool(config.real))
+        synthetic, labeled, unlabeled = config.batch_shares(*reads)
+        for name, read, share, fraction in (("labelled", reads[0], labeled, config.paired_fraction),
+                                            ("unlabeled", reads[1], unlabeled, config.unlabeled_fraction)):
             if read and share == 0 and fraction > 0:
                 raise ConfigError(f"batch_size {config.batch_size} x fraction {fraction:g} rounds to no {name} frame per batch")
-        labeled *= bool(cls.uses_labeled and config.n_labeled > 0)
-        unlabeled *= bool(cls.uses_unlabeled and config.real)
-        if config.batch_size - labeled - unlabeled < 1:
+        if synthetic < 1:
             raise ConfigError(f"batch_size {config.batch_size} with fractions {config.paired_fraction:g} (labelled) and "
                               f"{config.unlabeled_fraction:g} (unlabeled) leaves no synthetic frame once rounded "
                               f"({labeled} + {unlabeled})")

@@ -136,7 +136,7 @@ class SimGAN(Method):
         # Sized from the encoder's stem: 32 channels and 10 blocks with the paper's networks (the
         # SimGAN paper's NYU refiner has 64 and 10), 8 and 2 with cpu-small.
         self.refiner = Refiner(config.stem_channels, 2 * config.blocks_per_stage)
-        synthetic = config.batch_size - config.batch_shares()[1]
+        synthetic = config.batch_shares(labeled=False, unlabeled=True)[0]
         self.history = HistoryBuffer(config.history_batches * max(synthetic // 2, 1), config.crop_size)
 
     def make_discriminator(self) -> nn.Module:
